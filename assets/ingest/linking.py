@@ -7,10 +7,7 @@ admission of its patient whose [admittime, dischtime] holds its time.
 from __future__ import annotations
 
 import pandas as pd
-
-UNKNOWN_PATIENT = "unknown patient"
-UNKNOWN_ADMISSION = "unknown admission"
-NO_ADMISSION = "no admission"
+from clinfuse.assets.ingest.quarantine import NO_ADMISSION, UNKNOWN_ADMISSION, UNKNOWN_PATIENT
 
 
 def link_to_admissions(

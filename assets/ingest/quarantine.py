@@ -41,3 +41,25 @@ def rejects_frame(rejects: Iterable[Reject] = ()) -> pd.DataFrame:
     """A DataFrame with exactly the quarantine columns, empty when there is nothing."""
     rows = [asdict(r) for r in rejects]
     return pd.DataFrame(rows, columns=COLUMNS).astype("string")
+
+
+# The reasons, in plain words. A reason may add detail after ": " ("bad charttime: '2180-13-01'"
+# for a table row, never a DICOM attribute's value), but always starts with one of these, so the
+# generator's truth and the tests compare on the prefix.
+UNKNOWN_PATIENT = "unknown patient"
+UNKNOWN_ADMISSION = "unknown admission"
+NO_ADMISSION = "no admission"
+DUPLICATE_SUBJECT = "duplicate subject_id"
+DUPLICATE_ADMISSION = "duplicate hadm_id"
+DUPLICATE_INSTANCE = "duplicate instance"
+DUPLICATE_RECORDING = "duplicate recording"
+BAD_VALUE = "bad"  # "bad <column>": an unparseable time, a non-numeric id
+MISSING_VALUE = "missing"  # "missing <column>": a required value is empty
+TRUNCATED_FILE = "truncated file"
+NOT_DICOM = "not a DICOM file"
+NO_PIXEL_DATA = "no pixel data"
+UNSUPPORTED_TRANSFER_SYNTAX = "unsupported transfer syntax"
+UNDECODABLE_PIXELS = "undecodable pixel data"
+NOT_AUDIO = "not an audio file"
+EMPTY_RECORDING = "empty recording"
+MISSING_FILE = "missing file"
