@@ -1,2 +1,84 @@
-def main():
-    print("hi")
+"""The `clinfuse` command line (../shared/cli-and-report.md): generate, run, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from clinfuse.synthetic import generate
+
+    summary = generate(
+        Path(args.out),
+        admissions=args.admissions,
+        seed=args.seed,
+        messy=args.messy,
+        image_size=args.image_size,
+        progress=True,
+    )
+    print(f"wrote {args.out} ({summary.get('seconds', 0):.1f} s); truth in {summary['truth_dir']}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clinfuse.orchestration.runner import PipelineFailed, run_pipeline
+
+    try:
+        report = run_pipeline(
+            Path(args.landing),
+            Path(args.workdir),
+            Path(args.config) if args.config else None,
+            workers=args.workers,
+        )
+    except PipelineFailed as failure:
+        print(f"clinfuse run failed: {failure}", file=sys.stderr)
+        return 1
+    print(f"report: {Path(args.workdir).resolve() / 'report.json'}")
+    fusion = report["metrics"].get("fusion") or {}
+    if fusion.get("auroc") is not None:
+        print(f"fusion test AUROC {fusion['auroc']:.3f}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from clinfuse.orchestration.demo import run_demo
+
+    return run_demo(Path(args.workdir), admissions=args.admissions, seed=args.seed)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="clinfuse", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="write a synthetic landing zone")
+    gen.add_argument("--out", required=True)
+    gen.add_argument("--admissions", type=int, default=300)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--messy", action="store_true", help="plant bad inputs of every kind")
+    gen.add_argument("--image-size", type=int, default=128)
+    gen.set_defaults(handler=_generate)
+
+    run = commands.add_parser("run", help="materialize every asset on a landing zone")
+    run.add_argument("--landing", required=True)
+    run.add_argument("--workdir", required=True)
+    run.add_argument("--config", help="YAML: target, window_hours, seed")
+    run.add_argument("--workers", type=int, default=0, help="processes; 0 = all cores")
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="generate + run with embedded defaults")
+    demo.add_argument("--workdir", default="work/demo")
+    demo.add_argument("--admissions", type=int, default=1000)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_demo)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Cohort stage: admissions, labels, patient-level splits, modality availability."""

@@ -1,0 +1,58 @@
+"""Which modalities an admission has inside its prediction window, and which item to use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from clinfuse.assets.features.window import in_window, read_window_labs
+
+MODALITIES = ("ehr", "text", "image", "audio")
+FORBIDDEN_NOTE_TYPES = ("DS",)  # discharge summaries state the diagnosis
+
+
+def allowed_note_rows(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float):
+    usable = notes[~notes["note_type"].astype("string").isin(FORBIDDEN_NOTE_TYPES)]
+    return in_window(usable, cohort, "charttime", window_hours)
+
+
+def latest_in_window(
+    index: pd.DataFrame, cohort: pd.DataFrame, time_column: str, window_hours: float
+) -> pd.DataFrame:
+    """The last image or recording of each admission charted inside its window.
+
+    One item per admission keeps the encoders simple; the latest is the one closest to the
+    prediction time. index needs hadm_id, time_column, shard, slot.
+    """
+    if index.empty:
+        return pd.DataFrame(columns=["hadm_id", "shard", "slot"])
+    inside = in_window(index, cohort, time_column, window_hours)
+    inside = inside.sort_values([time_column, "path"]).groupby("hadm_id").tail(1)
+    return inside[["hadm_id", "shard", "slot"]].reset_index(drop=True)
+
+
+def modality_availability(
+    cohort: pd.DataFrame,
+    labevents: Path | pd.DataFrame,
+    notes: pd.DataFrame,
+    dicom_index: pd.DataFrame,
+    recording_index: pd.DataFrame,
+    window_hours: float,
+) -> pd.DataFrame:
+    """has_ehr, has_text, has_image, has_audio per cohort row (aligned to cohort's index)."""
+    ids = cohort["hadm_id"].astype("int64")
+    labs = read_window_labs(labevents, cohort, window_hours)
+    present = {
+        "ehr": set(labs["hadm_id"].dropna().astype("int64")),
+        "text": set(allowed_note_rows(notes, cohort, window_hours)["hadm_id"].astype("int64")),
+        "image": set(
+            latest_in_window(dicom_index, cohort, "study_datetime", window_hours)["hadm_id"]
+        ),
+        "audio": set(
+            latest_in_window(recording_index, cohort, "recorded_at", window_hours)["hadm_id"]
+        ),
+    }
+    return pd.DataFrame(
+        {f"has_{m}": ids.isin({int(h) for h in present[m]}) for m in MODALITIES},
+        index=cohort.index,
+    )

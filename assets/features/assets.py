@@ -1,0 +1,82 @@
+"""Feature assets: transformers fitted on the train split only, applied to every admission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from clinfuse.assets.cohort.availability import MODALITIES
+from clinfuse.assets.features.labs import LabFeaturizer
+from clinfuse.assets.features.text import NoteEmbedder, allowed_notes
+from clinfuse.assets.features.window import read_window_labs
+from clinfuse.orchestration.resources import PipelineSettings
+
+GROUP = "features"
+OWNERS = ["team:clinical-ml"]
+
+
+def _train(cohort: pd.DataFrame) -> pd.DataFrame:
+    return cohort[cohort["split"] == "train"]
+
+
+@dg.asset(group_name=GROUP, kinds={"scikitlearn"}, owners=OWNERS)
+def lab_featurizer(
+    settings: PipelineSettings, cohort: pd.DataFrame, labevents: Path, patients: pd.DataFrame
+) -> dict:
+    """Which lab items to use and their robust scaling, fitted on train admissions only."""
+    labs = read_window_labs(labevents, cohort, settings.window_hours)
+    return LabFeaturizer().fit(labs, _train(cohort), patients).to_dict()
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS)
+def lab_features(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    cohort: pd.DataFrame,
+    labevents: Path,
+    patients: pd.DataFrame,
+    lab_featurizer: dict,
+) -> pd.DataFrame:
+    """Per admission: window aggregates of each lab item, missing indicators, age and sex."""
+    labs = read_window_labs(labevents, cohort, settings.window_hours)
+    featurizer = LabFeaturizer.from_dict(lab_featurizer)
+    table = featurizer.transform(labs, cohort, patients)
+    context.add_output_metadata({"features": len(featurizer.feature_names_)})
+    return table.reset_index()
+
+
+@dg.asset(group_name=GROUP, kinds={"scikitlearn"}, owners=OWNERS)
+def note_embedder(settings: PipelineSettings, cohort: pd.DataFrame, notes: pd.DataFrame) -> dict:
+    """The text encoder: a packaged sentence encoder, else TF-IDF + SVD fitted on train."""
+    text = allowed_notes(notes, cohort, settings.window_hours)
+    embedder = NoteEmbedder().fit(text, _train(cohort)["hadm_id"])
+    return embedder.to_state()
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS)
+def note_features(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    cohort: pd.DataFrame,
+    notes: pd.DataFrame,
+    note_embedder: dict,
+) -> pd.DataFrame:
+    """Per admission: the embedding of its allowed notes (in the window, never "DS")."""
+    text = allowed_notes(notes, cohort, settings.window_hours)
+    embedder = NoteEmbedder.from_state(note_embedder)
+    vectors = embedder.transform(text, cohort["hadm_id"])
+    table = pd.DataFrame(vectors, columns=[f"text_{i}" for i in range(vectors.shape[1])])
+    table.insert(0, "hadm_id", cohort["hadm_id"].to_numpy())
+    context.add_output_metadata({"backend": embedder.backend_, "dim": int(vectors.shape[1])})
+    return table
+
+
+@dg.asset(group_name=GROUP, kinds={"pandas"}, owners=OWNERS)
+def modality_availability(context: dg.AssetExecutionContext, cohort: pd.DataFrame) -> pd.DataFrame:
+    """Admission x modality: which inputs each admission has inside its prediction window."""
+    columns = [f"has_{m}" for m in MODALITIES]
+    table = cohort[["hadm_id", "subject_id", "split", *columns]].copy()
+    coverage = table.groupby("split")[columns].mean().round(3)
+    context.add_output_metadata({"coverage_by_split": dg.MetadataValue.md(coverage.to_markdown())})
+    return table

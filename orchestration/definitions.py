@@ -1,0 +1,74 @@
+"""The one place where clinfuse's Dagster definitions are assembled.
+
+`dagster dev -w workspace.yaml` loads the module-level `defs`, configured from the environment
+(CLINFUSE_LANDING, CLINFUSE_WORKDIR, CLINFUSE_CONFIG); `clinfuse run` calls `build_definitions`
+with its own arguments. Both are the same graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from clinfuse.assets.cohort import assets as cohort_assets
+from clinfuse.assets.evaluation import predictions as prediction_assets
+from clinfuse.assets.features import assets as feature_assets
+from clinfuse.assets.ingest import accounting, ehr, imaging, recordings
+from clinfuse.assets.settings import Settings, load_settings
+from clinfuse.assets.training import assets as training_assets
+from clinfuse.orchestration.io_manager import ParquetIOManagerFactory
+from clinfuse.orchestration.jobs import full_pipeline, retrain_and_evaluate
+from clinfuse.orchestration.mlflow_resource import MLflowResource
+from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
+
+ASSET_MODULES = (
+    ehr,
+    imaging,
+    recordings,
+    accounting,
+    cohort_assets,
+    feature_assets,
+    training_assets,
+    prediction_assets,
+)
+
+
+def build_definitions(
+    landing: str | Path, workdir: str | Path, settings: Settings | None = None, workers: int = 0
+) -> dg.Definitions:
+    """Every asset, check, job, schedule and sensor, bound to one landing zone and work dir."""
+    workdir = Path(workdir).expanduser().resolve()
+    settings = settings or Settings()
+    assets = dg.load_assets_from_modules(ASSET_MODULES)
+    checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[full_pipeline, retrain_and_evaluate],
+        schedules=[
+            dg.ScheduleDefinition(
+                name="daily_full_pipeline",
+                job=full_pipeline,
+                cron_schedule="0 3 * * *",
+                default_status=dg.DefaultScheduleStatus.STOPPED,
+            )
+        ],
+        resources={
+            "landing": LandingZone(path=str(landing)),
+            "workdir": WorkDir(path=str(workdir), workers=workers),
+            "settings": PipelineSettings.from_settings(settings),
+            "mlflow": MLflowResource(workdir=str(workdir)),
+            "io_manager": ParquetIOManagerFactory(base_dir=str(workdir / "tables")),
+        },
+    )
+
+
+def _from_environment() -> dg.Definitions:
+    workdir = os.environ.get("CLINFUSE_WORKDIR", "work/demo")
+    landing = os.environ.get("CLINFUSE_LANDING", str(Path(workdir) / "landing"))
+    config = os.environ.get("CLINFUSE_CONFIG")
+    return build_definitions(landing, workdir, load_settings(config) if config else None)
+
+
+defs = _from_environment()

@@ -1,0 +1,104 @@
+"""Parquet storage for every table-like asset; no pickles.
+
+An asset that returns a DataFrame is stored as `<base>/<asset>.parquet`. One that returns
+`Ingested` also keeps its rejects (`<asset>.rejects.parquet`) and counts (`<asset>.counts.json`).
+Downstream, an input annotated `Path` gets the Parquet file's path (for streaming readers), an
+input whose AssetIn metadata says `{"part": "rejects"}` or `{"part": "counts"}` gets that part,
+and anything else gets the rows as a DataFrame. `ShardSet`s are stored as a small JSON manifest
+next to the shards they describe, and dicts (fitted preprocessing state, model pointers) as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from clinfuse.assets.ingest.ingested import Ingested, ShardSet
+from upath import UPath
+
+
+class ParquetIOManager(dg.UPathIOManager):
+    extension = ".parquet"
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        if isinstance(obj, Ingested):
+            self._dump_rows(obj.rows, path)
+            obj.rejects.to_parquet(_sibling(path, ".rejects.parquet"), index=False)
+            counts = {"seen": obj.seen, "ingested": obj.ingested, "quarantined": obj.quarantined}
+            _sibling(path, ".counts.json").write_text(json.dumps(counts))
+        elif isinstance(obj, ShardSet):
+            manifest = {
+                "directory": str(obj.directory),
+                "shards": list(obj.shards),
+                "item_shape": list(obj.item_shape),
+            }
+            _sibling(path, ".shards.json").write_text(json.dumps(manifest))
+            self._dump_rows(pd.DataFrame({"shard": list(obj.shards)}), path)
+        elif isinstance(obj, pd.DataFrame):
+            self._dump_rows(obj, path)
+        elif isinstance(obj, dict):
+            # Fitted preprocessing state and model pointers: small, JSON, readable by people.
+            _sibling(path, ".json").write_text(json.dumps(obj, indent=1, default=str))
+            self._dump_rows(pd.DataFrame({"kind": ["json"]}), path)
+        else:
+            raise TypeError(f"{context.asset_key}: cannot store {type(obj).__name__} as Parquet")
+
+    def _dump_rows(self, rows: pd.DataFrame | Path, path: UPath) -> None:
+        local = Path(str(path))
+        if isinstance(rows, Path):
+            if rows.resolve() != local.resolve():
+                os.replace(rows, local) if rows.parent == local.parent else shutil.move(rows, local)
+            return
+        tmp = local.with_suffix(".parquet.tmp")
+        rows.to_parquet(tmp, index=False)
+        os.replace(tmp, local)  # a run killed mid-write never leaves a half file behind
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        part = (context.definition_metadata or {}).get("part")
+        if part == "rejects":
+            return pd.read_parquet(str(_sibling(path, ".rejects.parquet")))
+        if part == "counts":
+            return json.loads(_sibling(path, ".counts.json").read_text())
+        as_json = _sibling(path, ".json")
+        if as_json.exists():
+            return json.loads(as_json.read_text())
+        shard_manifest = _sibling(path, ".shards.json")
+        if shard_manifest.exists():
+            raw = json.loads(shard_manifest.read_text())
+            return ShardSet(
+                directory=Path(raw["directory"]),
+                shards=tuple(raw["shards"]),
+                item_shape=tuple(raw["item_shape"]),
+            )
+        if context.dagster_type.typing_type is Path:
+            return Path(str(path))
+        return pd.read_parquet(str(path))
+
+    def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict[str, Any]:
+        if isinstance(obj, Ingested):
+            return {
+                "seen": obj.seen,
+                "ingested": obj.ingested,
+                "quarantined": obj.quarantined,
+            }
+        if isinstance(obj, pd.DataFrame):
+            return {"dagster/row_count": len(obj)}
+        return {}
+
+
+def _sibling(path: UPath, suffix: str) -> UPath:
+    return path.with_name(path.name.removesuffix(".parquet") + suffix)
+
+
+class ParquetIOManagerFactory(dg.ConfigurableIOManagerFactory):
+    """Where the tables live: `<workdir>/tables` by default."""
+
+    base_dir: str
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> ParquetIOManager:
+        return ParquetIOManager(base_path=UPath(self.base_dir))
