@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 from clinfuse.assets.cohort import assets as cohort_assets
+from clinfuse.assets.evaluation import assets as evaluation_assets
 from clinfuse.assets.evaluation import predictions as prediction_assets
 from clinfuse.assets.features import assets as feature_assets
 from clinfuse.assets.ingest import accounting, ehr, imaging, recordings
@@ -21,6 +22,7 @@ from clinfuse.orchestration.io_manager import ParquetIOManagerFactory
 from clinfuse.orchestration.jobs import full_pipeline, retrain_and_evaluate
 from clinfuse.orchestration.mlflow_resource import MLflowResource
 from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
+from clinfuse.orchestration.sensors import landing_zone_sensor, record_run_failure
 
 ASSET_MODULES = (
     ehr,
@@ -31,6 +33,7 @@ ASSET_MODULES = (
     feature_assets,
     training_assets,
     prediction_assets,
+    evaluation_assets,
 )
 
 
@@ -54,6 +57,7 @@ def build_definitions(
                 default_status=dg.DefaultScheduleStatus.STOPPED,
             )
         ],
+        sensors=[landing_zone_sensor, record_run_failure],
         resources={
             "landing": LandingZone(path=str(landing)),
             "workdir": WorkDir(path=str(workdir), workers=workers),
