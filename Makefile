@@ -34,7 +34,7 @@ test: setup lint validate
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 ui: setup
-	$(VENV)/bin/clinfuse ui --workdir $(WORKDIR)
+	$(VENV)/bin/clinfuse ui --workdir $(WORKDIR)/run
 
 bench: setup
 	$(PY) benchmarks/ingest.py

@@ -42,6 +42,29 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _promote(args: argparse.Namespace) -> int:
+    from clinfuse.orchestration.runner import PipelineFailed, promote_model
+
+    try:
+        outcome = promote_model(
+            Path(args.landing), Path(args.workdir), force=args.force, note=args.note or ""
+        )
+    except PipelineFailed as failure:
+        print(f"clinfuse promote failed: {failure}", file=sys.stderr)
+        return 1
+    decision = outcome["decision"]
+    verdict = "promoted" if decision["promoted"] else "refused"
+    print(f"{outcome['model_name']} v{outcome['version']}: {verdict} ({decision['reason']})")
+    print(f"aliases: {outcome['aliases']}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from clinfuse.orchestration.ui import serve_both
+
+    return serve_both(Path(args.workdir), Path(args.landing) if args.landing else None)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from clinfuse.orchestration.demo import run_demo
 
@@ -66,6 +89,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML: target, window_hours, seed")
     run.add_argument("--workers", type=int, default=0, help="processes; 0 = all cores")
     run.set_defaults(handler=_run)
+
+    promote = commands.add_parser("promote", help="challenger vs champion: move the alias?")
+    promote.add_argument("--landing", required=True)
+    promote.add_argument("--workdir", required=True)
+    promote.add_argument("--force", action="store_true", help="promote even if the gate refuses")
+    promote.add_argument("--note", help="who forces and why (recorded on the version)")
+    promote.set_defaults(handler=_promote)
+
+    ui = commands.add_parser("ui", help="the Dagster and MLflow web UIs on loopback ports")
+    ui.add_argument("--workdir", default="work/demo/run")
+    ui.add_argument("--landing", help="default: <workdir>/../landing")
+    ui.set_defaults(handler=_ui)
 
     demo = commands.add_parser("demo", help="generate + run with embedded defaults")
     demo.add_argument("--workdir", default="work/demo")

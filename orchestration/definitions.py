@@ -14,12 +14,13 @@ import dagster as dg
 from clinfuse.assets.cohort import assets as cohort_assets
 from clinfuse.assets.evaluation import assets as evaluation_assets
 from clinfuse.assets.evaluation import predictions as prediction_assets
+from clinfuse.assets.evaluation import registry_assets
 from clinfuse.assets.features import assets as feature_assets
 from clinfuse.assets.ingest import accounting, ehr, imaging, recordings
 from clinfuse.assets.settings import Settings, load_settings
 from clinfuse.assets.training import assets as training_assets
 from clinfuse.orchestration.io_manager import ParquetIOManagerFactory
-from clinfuse.orchestration.jobs import full_pipeline, retrain_and_evaluate
+from clinfuse.orchestration.jobs import full_pipeline, promote, retrain_and_evaluate
 from clinfuse.orchestration.mlflow_resource import MLflowResource
 from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
 from clinfuse.orchestration.sensors import landing_zone_sensor, record_run_failure
@@ -34,6 +35,7 @@ ASSET_MODULES = (
     training_assets,
     prediction_assets,
     evaluation_assets,
+    registry_assets,
 )
 
 
@@ -48,7 +50,7 @@ def build_definitions(
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[full_pipeline, retrain_and_evaluate],
+        jobs=[full_pipeline, retrain_and_evaluate, promote],
         schedules=[
             dg.ScheduleDefinition(
                 name="daily_full_pipeline",

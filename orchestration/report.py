@@ -51,7 +51,10 @@ def _metrics(tables: Path) -> dict[str, dict[str, float]]:
 
 
 def _mlflow(tables: Path) -> dict[str, Any]:
-    path = tables / "registered_model.json"
+    # `champion` holds the aliases after the promotion gate; `registered_model` those before.
+    path = tables / "champion.json"
+    if not path.exists():
+        path = tables / "registered_model.json"
     empty = {"tracking_uri": "", "model_name": "", "version": "", "aliases": [], "run_id": ""}
     if not path.exists():
         return empty

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from clinfuse.assets.settings import load_settings
+import yaml
+from clinfuse.assets.settings import Settings, load_settings, settings_from_dict
 from clinfuse.orchestration.definitions import build_definitions
 from clinfuse.orchestration.report import write_report
 from dagster._core.instance.ref import InstanceRef
@@ -47,18 +48,68 @@ def _failure_reason(result: dg.ExecuteInProcessResult) -> str:
     return "the run failed"
 
 
+def read_config(config: Path | None) -> tuple[Settings, dict[str, Any]]:
+    """(settings, training hyper-parameters) from the run's YAML.
+
+    The keys of cli-and-report.md (target, window_hours, seed) and image_size / audio go to the
+    settings; an optional `training:` section (strategy, epochs, ...) to the training assets.
+    """
+    raw = yaml.safe_load(config.read_text()) if config else {}
+    if raw is not None and not isinstance(raw, dict):
+        raise PipelineFailed(f"{config}: expected a mapping at the top level")
+    raw = dict(raw or {})
+    training = dict(raw.pop("training", None) or {})
+    try:
+        return settings_from_dict(raw), training
+    except (TypeError, ValueError) as error:
+        raise PipelineFailed(f"{config}: {error}") from error
+
+
+def training_run_config(training: dict[str, Any]) -> dict[str, Any]:
+    if not training:
+        return {}
+    return {"ops": {name: {"config": training} for name in ("fusion_model", "modality_models")}}
+
+
 def run_pipeline(
-    landing: Path, workdir: Path, config: Path | None = None, workers: int = 0
+    landing: Path,
+    workdir: Path,
+    config: Path | None = None,
+    workers: int = 0,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Runs `full_pipeline` and returns the report (also written to <workdir>/report.json)."""
+    """Runs `full_pipeline` and returns the report (also written to <workdir>/report.json).
+
+    training overrides the YAML's `training:` section (tests use it for tiny epochs).
+    """
     landing, workdir = landing.resolve(), workdir.resolve()
     _check_landing(landing)
     workdir.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(config)
+    settings, from_yaml = read_config(config)
     defs = build_definitions(landing, workdir, settings, workers=workers)
     job = defs.resolve_job_def("full_pipeline")
+    run_config = training_run_config({**from_yaml, **(training or {})})
     with dagster_instance(workdir) as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance, run_config=run_config, raise_on_error=False
+        )
     if not result.success:
         raise PipelineFailed(_failure_reason(result))
     return write_report(workdir)
+
+
+def promote_model(
+    landing: Path, workdir: Path, force: bool = False, note: str = "", config: Path | None = None
+) -> dict[str, Any]:
+    """Runs the `promote` job (the champion gate) on the latest registered challenger."""
+    landing, workdir = landing.resolve(), workdir.resolve()
+    defs = build_definitions(landing, workdir, load_settings(config))
+    job = defs.resolve_job_def("promote")
+    run_config = {"ops": {"champion": {"config": {"force": force, "note": note}}}}
+    with dagster_instance(workdir) as instance:
+        result = job.execute_in_process(
+            instance=instance, run_config=run_config, raise_on_error=False
+        )
+    if not result.success:
+        raise PipelineFailed(_failure_reason(result))
+    return result.output_for_node("champion")

@@ -1,0 +1,190 @@
+"""Registry assets: every run registers a challenger; the gate decides who is champion."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from clinfuse.assets.evaluation import metrics as m
+from clinfuse.assets.evaluation import registry
+from clinfuse.assets.evaluation.serving import serving_frame
+from clinfuse.orchestration.mlflow_resource import MLflowResource
+from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
+from clinfuse.orchestration.sensors import scan_landing
+
+GROUP = "registry"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+SERVING_INS = ("cohort", "labevents", "notes", "dicom_index", "recording_index")
+
+
+class PromotionConfig(dg.Config):
+    """A person may force promotion; the override is recorded as such with their note."""
+
+    force: bool = False
+    note: str = ""
+    auroc_tolerance: float = registry.AUROC_TOLERANCE
+    ece_tolerance: float = registry.ECE_TOLERANCE
+
+
+def model_name(settings: PipelineSettings) -> str:
+    return f"clinfuse-{settings.target_name}"
+
+
+def landing_fingerprint(root: Path) -> str:
+    """sha256 over (path, size) of every landing-zone file: which export a model saw."""
+    return hashlib.sha256(json.dumps(sorted(scan_landing(root).items())).encode()).hexdigest()
+
+
+def _serving_rows(landing: LandingZone, settings: PipelineSettings, tables: dict, splits):
+    cohort = tables["cohort"]
+    chosen = cohort[cohort["split"].isin(splits)].reset_index(drop=True)
+    frame = serving_frame(
+        chosen,
+        tables["labevents"],
+        tables["notes"],
+        tables["dicom_index"],
+        tables["recording_index"],
+        landing.root,
+        settings.window_hours,
+    )
+    return chosen, frame
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"mlflow"},
+    owners=["team:clinical-ml"],
+    ins={
+        **{name: dg.AssetIn() for name in ("fusion_model", "lab_featurizer", "note_embedder")},
+        **{name: dg.AssetIn() for name in ("evaluation",)},
+        **{name: dg.AssetIn() for name in SERVING_INS},
+    },
+)
+def registered_model(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    landing: LandingZone,
+    workdir: WorkDir,
+    mlflow: MLflowResource,
+    **tables,
+) -> dict:
+    """The fusion model as an MLflow pyfunc, registered as a new version with alias challenger."""
+    import mlflow as mlflow_api
+    from mlflow.models import infer_signature
+
+    fusion = tables["fusion_model"]
+    run_id = fusion["mlflow_run_id"]
+    folder = workdir.folder("models", context.run_id)
+    artifacts = {"checkpoint": fusion["checkpoint"]}
+    for name in ("lab_featurizer", "note_embedder"):
+        (folder / f"{name}.json").write_text(json.dumps(tables[name]))
+        artifacts[name] = str(folder / f"{name}.json")
+    (folder / "settings.json").write_text(json.dumps(dataclasses.asdict(settings.settings())))
+    artifacts["settings"] = str(folder / "settings.json")
+    _, example = _serving_rows(landing, settings, tables, ("train",))
+    example = example.head(2)
+    client = mlflow.client()
+    with mlflow_api.start_run(run_id=run_id):
+        info = mlflow_api.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts=artifacts,
+            signature=infer_signature(example, np.zeros(len(example))),
+        )
+    name = model_name(settings)
+    tags = {
+        "dagster.run_id": context.run_id,
+        "dagster.asset": "registered_model",
+        "landing.path": str(landing.root),
+        "landing.fingerprint": landing_fingerprint(landing.root),
+        "test_auroc": str(tables["evaluation"]["metrics"]["fusion"].get("auroc")),
+        "strategy": fusion["strategy"],
+    }
+    version = registry.register_version(client, name, run_id, info.model_uri, tags)
+    result = {
+        "tracking_uri": mlflow.uri,
+        "model_name": name,
+        "version": str(version.version),
+        "aliases": sorted(version.aliases),
+        "run_id": run_id,
+        "model_uri": f"models:/{name}/{version.version}",
+    }
+    context.add_output_metadata(
+        {
+            "model_name": name,
+            "version": result["version"],
+            "mlflow_run_id": run_id,
+            "mlflow_url": dg.MetadataValue.url(mlflow.ui_url(run_id)),
+        }
+    )
+    return result
+
+
+def champion_metrics_now(model_uri: str, chosen: pd.DataFrame, frame: pd.DataFrame) -> dict:
+    """The champion scored on today's validation (threshold) and test (metrics) admissions."""
+    import mlflow as mlflow_api
+
+    probabilities = np.asarray(mlflow_api.pyfunc.load_model(model_uri).predict(frame))
+    validation = (chosen["split"] == "validation").to_numpy()
+    test = (chosen["split"] == "test").to_numpy()
+    labels = chosen["label"].to_numpy()
+    threshold = m.choose_threshold(labels[validation], probabilities[validation])
+    return m.binary_metrics(labels[test], probabilities[test], threshold)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"mlflow"},
+    owners=["team:clinical-ml"],
+    ins={
+        "registered_model": dg.AssetIn(),
+        "evaluation": dg.AssetIn(),
+        **{name: dg.AssetIn() for name in SERVING_INS},
+    },
+)
+def champion(
+    context: dg.AssetExecutionContext,
+    config: PromotionConfig,
+    settings: PipelineSettings,
+    landing: LandingZone,
+    mlflow: MLflowResource,
+    **tables,
+) -> dict:
+    """Challenger vs champion on the same test admissions; `champion` moves only if earned."""
+    client = mlflow.client()
+    registered = tables["registered_model"]
+    name, version = registered["model_name"], registered["version"]
+    current = registry.champion_version(client, name)
+    champion_numbers = None
+    if current is not None and str(current.version) != version:
+        chosen, frame = _serving_rows(landing, settings, tables, ("validation", "test"))
+        champion_numbers = champion_metrics_now(f"models:/{name}@champion", chosen, frame)
+    decision = registry.promote(
+        client,
+        name,
+        version,
+        tables["evaluation"]["metrics"]["fusion"],
+        champion_numbers,
+        force=config.force,
+        force_note=config.note,
+        auroc_tolerance=config.auroc_tolerance,
+        ece_tolerance=config.ece_tolerance,
+    )
+    aliases = sorted(client.get_model_version(name, version).aliases)
+    context.add_output_metadata(
+        {
+            "decision": "promoted" if decision.promoted else "refused",
+            "forced": decision.forced,
+            "reason": decision.reason,
+            "champion_before": str(decision.champion_before),
+            "version": version,
+            "aliases": ", ".join(aliases),
+            **{k: v for k, v in decision.numbers.items() if isinstance(v, int | float)},
+        }
+    )
+    return {**registered, "aliases": aliases, "decision": decision.as_dict()}
