@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+
 from clinfuse.assets.cohort import assets as cohort_assets
 from clinfuse.assets.evaluation import assets as evaluation_assets
 from clinfuse.assets.evaluation import predictions as prediction_assets

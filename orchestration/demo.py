@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from clinfuse.orchestration.runner import PipelineFailed, run_pipeline
 from sklearn.metrics import roc_auc_score
+
+from clinfuse.orchestration.runner import PipelineFailed, run_pipeline
 
 MODELS = ("fusion", "ehr", "text", "image", "audio")
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
-from clinfuse.assets.ingest.ingested import Ingested, ShardSet
 from upath import UPath
+
+from clinfuse.assets.ingest.ingested import Ingested, ShardSet
 
 
 class ParquetIOManager(dg.UPathIOManager):

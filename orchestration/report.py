@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.ingest.counting import EHR_TABLES
 

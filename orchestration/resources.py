@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
+
 from clinfuse.assets.settings import (
     PNEUMONIA_ICD9,
     PNEUMONIA_ICD10,
@@ -13,7 +15,6 @@ from clinfuse.assets.settings import (
     Settings,
     Target,
 )
-from pydantic import Field
 
 
 class LandingZone(dg.ConfigurableResource):

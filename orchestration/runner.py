@@ -8,10 +8,11 @@ from typing import Any
 
 import dagster as dg
 import yaml
+from dagster._core.instance.ref import InstanceRef
+
 from clinfuse.assets.settings import Settings, load_settings, settings_from_dict
 from clinfuse.orchestration.definitions import build_definitions
 from clinfuse.orchestration.report import write_report
-from dagster._core.instance.ref import InstanceRef
 
 
 class PipelineFailed(RuntimeError):

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+
 from clinfuse.orchestration.jobs import full_pipeline
 from clinfuse.orchestration.resources import LandingZone, WorkDir
 

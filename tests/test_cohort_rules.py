@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+
 from clinfuse.assets.cohort.labels import label_admissions
 from clinfuse.assets.cohort.splits import assign_splits, patients_in_two_splits
 from clinfuse.assets.ingest.linking import link_to_admissions

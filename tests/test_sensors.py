@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
+
 from clinfuse.orchestration.resources import LandingZone
 from clinfuse.orchestration.sensors import landing_zone_sensor
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+
 from clinfuse.assets.checks import expectations
 from clinfuse.assets.cohort.availability import MODALITIES, modality_availability
 from clinfuse.assets.cohort.labels import label_admissions

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
 from clinfuse.assets.features.window import in_window, read_window_labs
 
 MODALITIES = ("ehr", "text", "image", "audio")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+
 from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import plots

@@ -7,6 +7,7 @@ import dataclasses
 import dagster as dg
 import numpy as np
 import pandas as pd
+
 from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.training.assets import TRAINING_INS, _inputs
 from clinfuse.assets.training.checkpoints import load_checkpoint

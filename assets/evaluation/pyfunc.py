@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+
 from clinfuse.assets.evaluation.serving import serving_batch
 from clinfuse.assets.settings import settings_from_dict
 from clinfuse.assets.training.checkpoints import load_checkpoint

@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+
 from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import registry
 from clinfuse.assets.evaluation.serving import serving_frame

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
 from clinfuse.assets.cohort.availability import MODALITIES, allowed_note_rows, latest_in_window
 from clinfuse.assets.features.labs import LabFeaturizer
 from clinfuse.assets.features.text import NoteEmbedder

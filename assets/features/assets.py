@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+
 from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.features.labs import LabFeaturizer
 from clinfuse.assets.features.text import NoteEmbedder, allowed_notes

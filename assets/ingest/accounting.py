@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+
 from clinfuse.assets.ingest.counting import landing_counts
 from clinfuse.assets.ingest.quarantine import COLUMNS
 from clinfuse.orchestration.resources import LandingZone

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
+
 from clinfuse.assets.ingest import ehr_reader, notes_reader
 from clinfuse.assets.ingest.ingested import Ingested
 from clinfuse.orchestration.resources import LandingZone, WorkDir

@@ -6,6 +6,7 @@ import shutil
 
 import dagster as dg
 import pandas as pd
+
 from clinfuse.assets.ingest import dicom_reader
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
 from clinfuse.assets.ingest.progress import log_progress

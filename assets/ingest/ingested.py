@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
 from clinfuse.assets.ingest.quarantine import rejects_frame
 
 

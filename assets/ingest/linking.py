@@ -7,6 +7,7 @@ admission of its patient whose [admittime, dischtime] holds its time.
 from __future__ import annotations
 
 import pandas as pd
+
 from clinfuse.assets.ingest.quarantine import NO_ADMISSION, UNKNOWN_ADMISSION, UNKNOWN_PATIENT
 
 

@@ -7,6 +7,7 @@ import subprocess
 
 import dagster as dg
 import pandas as pd
+
 from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.ingest.ingested import ShardSet
 from clinfuse.assets.training.checkpoints import save_checkpoint

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from clinfuse.assets.cohort.availability import MODALITIES, latest_in_window
 from clinfuse.assets.ingest.ingested import ShardSet
 from clinfuse.models.data import ModalityInputs
