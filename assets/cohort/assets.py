@@ -1,7 +1,5 @@
 """The cohort: one row per admission with its label, split and modalities in the window."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import dagster as dg

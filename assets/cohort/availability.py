@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from clinfuse.assets.features.text import allowed_notes
 from clinfuse.assets.features.window import in_window, read_window_labs
 
 MODALITIES = ("ehr", "text", "image", "audio")
-FORBIDDEN_NOTE_TYPES = ("DS",)  # discharge summaries state the diagnosis
-
-
-def allowed_note_rows(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float):
-    usable = notes[~notes["note_type"].astype("string").isin(FORBIDDEN_NOTE_TYPES)]
-    return in_window(usable, cohort, "charttime", window_hours)
 
 
 def latest_in_window(
@@ -45,7 +40,7 @@ def modality_availability(
     labs = read_window_labs(labevents, cohort, window_hours)
     present = {
         "ehr": set(labs["hadm_id"].dropna().astype("int64")),
-        "text": set(allowed_note_rows(notes, cohort, window_hours)["hadm_id"].astype("int64")),
+        "text": set(allowed_notes(notes, cohort, window_hours).index.astype("int64")),
         "image": set(
             latest_in_window(dicom_index, cohort, "study_datetime", window_hours)["hadm_id"]
         ),

@@ -1,7 +1,5 @@
 """The evaluation asset: honest metrics on the frozen test split, logged to the model's run."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 

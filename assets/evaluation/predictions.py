@@ -1,7 +1,5 @@
 """Validation and test predictions of the fusion model and of each single-modality model."""
 
-from __future__ import annotations
-
 import dataclasses
 
 import dagster as dg

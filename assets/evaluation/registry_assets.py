@@ -1,7 +1,5 @@
 """Registry assets: every run registers a challenger; the gate decides who is champion."""
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json

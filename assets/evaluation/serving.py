@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clinfuse.assets.cohort.availability import MODALITIES, allowed_note_rows, latest_in_window
+from clinfuse.assets.cohort.availability import MODALITIES, latest_in_window
 from clinfuse.assets.features.labs import LabFeaturizer
-from clinfuse.assets.features.text import NoteEmbedder
+from clinfuse.assets.features.text import NoteEmbedder, allowed_notes
 from clinfuse.assets.features.window import in_window, read_window_labs
 from clinfuse.assets.ingest.audio_reader import load_recording
 from clinfuse.assets.ingest.dicom_reader import load_image
@@ -139,9 +139,8 @@ def serving_frame(
         .to_json(orient="records")
         for h, group in labs.groupby("hadm_id")
     }
-    allowed = allowed_note_rows(notes, cohort, window_hours).sort_values(["charttime", "note_id"])
-    text = allowed.groupby("hadm_id")["text"].agg("\n\n".join)
-    image = latest_in_window(dicom_index.assign(), cohort, "study_datetime", window_hours)
+    text = allowed_notes(notes, cohort, window_hours)
+    image = latest_in_window(dicom_index, cohort, "study_datetime", window_hours)
     recording = latest_in_window(recording_index, cohort, "recorded_at", window_hours)
     paths = {
         "image_path": _paths_by_admission(dicom_index, image, landing),
@@ -155,10 +154,14 @@ def serving_frame(
             "gender": cohort["gender"].astype("string").to_numpy(),
             "anchor_age": pd.to_numeric(cohort["anchor_age"]).astype(float).to_numpy(),
             "labs": [labs_json.get(int(h)) for h in ids],
-            "notes": [text.get(int(h)) for h in ids],
+            "notes": [_text_or_none(text.get(int(h))) for h in ids],
             **{k: [v.get(int(h)) for h in ids] for k, v in paths.items()},
         }
     )
+
+
+def _text_or_none(value: object) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
 
 
 def _paths_by_admission(index: pd.DataFrame, chosen: pd.DataFrame, landing: Path) -> dict:

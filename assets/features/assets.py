@@ -1,7 +1,5 @@
 """Feature assets: transformers fitted on the train split only, applied to every admission."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import dagster as dg
@@ -27,7 +25,9 @@ def lab_featurizer(
 ) -> dict:
     """Which lab items to use and their robust scaling, fitted on train admissions only."""
     labs = read_window_labs(labevents, cohort, settings.window_hours)
-    return LabFeaturizer().fit(labs, _train(cohort), patients).to_dict()
+    train_ids = set(_train(cohort)["hadm_id"])
+    train_labs = labs[labs["hadm_id"].isin(train_ids)]  # nothing of the other splits is seen
+    return LabFeaturizer().fit(train_labs, _train(cohort), patients).to_dict()
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS)
@@ -51,7 +51,8 @@ def lab_features(
 def note_embedder(settings: PipelineSettings, cohort: pd.DataFrame, notes: pd.DataFrame) -> dict:
     """The text encoder: a packaged sentence encoder, else TF-IDF + SVD fitted on train."""
     text = allowed_notes(notes, cohort, settings.window_hours)
-    embedder = NoteEmbedder().fit(text, _train(cohort)["hadm_id"])
+    embedder = NoteEmbedder(backend=settings.text_backend, seed=settings.seed)
+    embedder = embedder.fit(text, _train(cohort)["hadm_id"])
     return embedder.to_state()
 
 

@@ -1,7 +1,5 @@
 """The quarantine table and the input accounting: nothing is lost, everything has a reason."""
 
-from __future__ import annotations
-
 import dagster as dg
 import pandas as pd
 

@@ -1,7 +1,5 @@
 """EHR and notes assets: the landing zone's tables, typed, linked and stored as Parquet."""
 
-from __future__ import annotations
-
 import dagster as dg
 import pandas as pd
 

@@ -1,7 +1,5 @@
 """DICOM assets: one index row per file and the decoded images in memory-mappable shards."""
 
-from __future__ import annotations
-
 import shutil
 
 import dagster as dg

@@ -1,7 +1,5 @@
 """Audio assets: one index row per manifest row and log-mel spectrograms in shards."""
 
-from __future__ import annotations
-
 import shutil
 
 import dagster as dg

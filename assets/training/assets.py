@@ -1,7 +1,5 @@
 """Training assets: the fusion model and the single-modality models, same code path."""
 
-from __future__ import annotations
-
 import dataclasses
 import subprocess
 

@@ -1,0 +1,89 @@
+"""Shared fixtures: one small messy landing zone and one pipeline run over it per session.
+
+Tiny on purpose (tens of admissions, 64 px images, a few epochs): the suite must stay under
+15 minutes on 2 cores. Quality at scale is measured in benchmarks/, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+TINY_TRAINING = {"epochs": 3, "patience": 2, "width": 16, "batch_size": 32}
+ADMISSIONS = 60
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_environment(tmp_path_factory):
+    # Nothing in the suite may reach a network or a user's own MLflow / Dagster setup.
+    for name in ("MLFLOW_TRACKING_URI", "DAGSTER_HOME"):
+        os.environ.pop(name, None)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    yield
+
+
+@pytest.fixture(scope="session")
+def landing(tmp_path_factory) -> Path:
+    from clinfuse.synthetic import generate
+
+    out = tmp_path_factory.mktemp("zone") / "landing"
+    generate(out, admissions=ADMISSIONS, seed=3, messy=True, image_size=64)
+    assert len(plant_phi(out)) == 3
+    return out
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(landing, tmp_path_factory) -> dict:
+    """A full `clinfuse run` (in-process) on the messy landing zone; returns its report."""
+    from clinfuse.orchestration.runner import run_pipeline
+
+    workdir = tmp_path_factory.mktemp("work")
+    report = run_pipeline(landing, workdir, workers=2, training=TINY_TRAINING)
+    assert json.loads((workdir / "report.json").read_text()) == report
+    return {"report": report, "workdir": workdir, "landing": landing}
+
+
+# Unique strings planted in identifying attributes (DICOM PS3.15 Annex E basic profile) of some
+# DICOMs; none may appear in any byte the pipeline writes.
+PHI_MARKERS = {
+    "PatientName": "Zyxq^Markerpatient",
+    "OtherPatientIDs": "ZQOTHERID77",
+    "PatientBirthDate": "18870707",
+    "PatientAddress": "ZQ 77 Markerstreet",
+    "AccessionNumber": "ZQACC7781",
+    "InstitutionName": "ZQ Marker General Hospital",
+    "InstitutionAddress": "ZQ 1 Institution Road",
+    "ReferringPhysicianName": "Zqref^Markerdoctor",
+    "PerformingPhysicianName": "Zqperf^Markerdoc",
+    "OperatorsName": "Zqop^Markeroperator",
+    "StudyID": "ZQSTUDY771",
+    "StationName": "ZQSTATION7",
+    "DeviceSerialNumber": "ZQSERIAL7781",
+    "PatientComments": "ZQ marker comment",
+    "StudyDescription": "ZQ marker study description",
+}
+
+
+def plant_phi(landing: Path, files: int = 3) -> list[Path]:
+    """Writes PHI_MARKERS into the first few readable DICOMs of a landing zone."""
+    import pydicom
+
+    planted = []
+    for path in sorted((landing / "dicom").rglob("*")):
+        if len(planted) == files or not path.is_file() or path.name == "manifest.csv":
+            continue
+        try:
+            ds = pydicom.dcmread(path)
+            ds.pixel_array  # noqa: B018 - only files that decode, so they reach every stage
+        except Exception:  # noqa: BLE001 - planted bad inputs are skipped here
+            continue
+        for keyword, value in PHI_MARKERS.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=True)
+        planted.append(path)
+    return planted

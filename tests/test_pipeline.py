@@ -1,0 +1,153 @@
+"""The whole pipeline on a messy synthetic landing zone: contract, accounting, privacy, registry.
+
+One real in-process Dagster run (SQLite instance, SQLite MLflow store) serves all tests here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from clinfuse.synthetic import truth_dir
+from tests.conftest import PHI_MARKERS
+
+pytestmark = pytest.mark.slow
+COUNT_KEYS = {"seen", "ingested", "quarantined"}
+EHR_TABLES = {"patients", "admissions", "labevents", "d_labitems", "diagnoses_icd"}
+METRICS = {"auroc", "auprc", "accuracy", "recall", "f1", "brier"}
+
+
+def test_report_has_exactly_the_contracted_shape(pipeline_run):
+    report = pipeline_run["report"]
+    assert set(report) == {
+        "inputs",
+        "quarantine",
+        "cohort",
+        "splits_path",
+        "predictions_path",
+        "metrics",
+        "mlflow",
+    }
+    assert set(report["inputs"]) == {"dicom", "audio", "ehr", "note"}
+    assert set(report["inputs"]["ehr"]) == EHR_TABLES
+    counts = [report["inputs"][m] for m in ("dicom", "audio", "note")]
+    counts += list(report["inputs"]["ehr"].values())
+    for count in counts:
+        assert set(count) == COUNT_KEYS
+        assert count["seen"] == count["ingested"] + count["quarantined"]
+    for row in report["quarantine"]:
+        assert set(row) == {"modality", "source", "reason"}
+        assert row["modality"] in {"ehr", "note", "dicom", "audio"}
+        assert row["reason"] and not row["source"].startswith("/")
+    cohort = report["cohort"]
+    assert cohort["admissions"] == cohort["train"] + cohort["validation"] + cohort["test"]
+    assert 0 < cohort["positives"] < cohort["admissions"]
+    assert set(report["metrics"]) == {"fusion", "ehr", "text", "image", "audio"}
+    assert set(report["metrics"]["fusion"]) == METRICS
+    assert set(report["mlflow"]) == {"tracking_uri", "model_name", "version", "aliases", "run_id"}
+
+
+def test_counts_are_taken_from_the_files(pipeline_run):
+    landing, inputs = pipeline_run["landing"], pipeline_run["report"]["inputs"]
+    dicom_files = [
+        p for p in (landing / "dicom").rglob("*") if p.is_file() and p.name != "manifest.csv"
+    ]
+    assert inputs["dicom"]["seen"] == len(dicom_files)
+    manifest = pd.read_csv(landing / "audio" / "manifest.csv", dtype=str)
+    assert inputs["audio"]["seen"] == len(manifest)
+
+
+def test_every_planted_bad_input_is_quarantined_with_its_reason(pipeline_run):
+    expected = pd.read_csv(truth_dir(pipeline_run["landing"]) / "quarantine.csv", dtype=str)
+    found = pd.DataFrame(pipeline_run["report"]["quarantine"])
+    merged = expected.merge(found, on=["modality", "source"], how="left", suffixes=("", "_got"))
+    missing = merged[merged["reason_got"].isna()]
+    assert missing.empty, f"not quarantined: {missing.to_dict('records')}"
+    wrong = merged[~merged.apply(lambda r: r["reason_got"].startswith(r["reason"]), axis=1)]
+    assert wrong.empty, f"wrong reason: {wrong.to_dict('records')}"
+    # ... and nothing good was quarantined
+    extra = found.merge(expected, on=["modality", "source"], how="left", indicator=True)
+    assert (extra["_merge"] == "both").all(), extra[extra["_merge"] != "both"].to_dict("records")
+
+
+def test_splits_and_predictions_files(pipeline_run):
+    report, workdir = pipeline_run["report"], pipeline_run["workdir"]
+    splits = pd.read_parquet(workdir / report["splits_path"])
+    assert list(splits.columns) == ["hadm_id", "subject_id", "split", "label"]
+    assert splits["hadm_id"].is_unique
+    assert splits.groupby("subject_id")["split"].nunique().max() == 1
+    predictions = pd.read_parquet(workdir / report["predictions_path"])
+    assert list(predictions.columns) == [
+        "hadm_id",
+        "subject_id",
+        "label",
+        "p_fusion",
+        "p_ehr",
+        "p_text",
+        "p_image",
+        "p_audio",
+    ]
+    test_ids = set(splits.loc[splits["split"] == "test", "hadm_id"])
+    assert set(predictions["hadm_id"]) == test_ids
+    assert predictions["p_fusion"].between(0, 1).all()
+
+
+def test_no_identifying_dicom_attribute_is_persisted_anywhere(pipeline_run):
+    markers = [v.encode() for v in PHI_MARKERS.values()]
+    markers += [v.split("^")[0].encode() for v in PHI_MARKERS.values() if "^" in v]
+    leaks = []
+    for path in Path(pipeline_run["workdir"]).rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            leaks += [(str(path), m.decode()) for m in markers if m in content]
+    assert leaks == []
+
+
+def test_the_first_version_is_registered_and_becomes_champion(pipeline_run):
+    block = pipeline_run["report"]["mlflow"]
+    assert block["model_name"] == "clinfuse-pneumonia"
+    assert block["version"] == "1"
+    assert set(block["aliases"]) == {"champion", "challenger"}
+    client = mlflow.MlflowClient(block["tracking_uri"])
+    version = client.get_model_version(block["model_name"], "1")
+    assert version.run_id == block["run_id"]
+    assert version.tags["promotion.decision"] == "promoted"
+    assert "dagster.run_id" in version.tags and "landing.fingerprint" in version.tags
+    artifacts = {a.path for a in client.list_artifacts(block["run_id"], "evaluation")}
+    for name in ("roc.png", "pr.png", "calibration.png", "confusion.png", "model_card.md"):
+        assert f"evaluation/{name}" in artifacts
+
+
+def test_the_champion_pyfunc_reproduces_the_pipeline_probabilities(pipeline_run):
+    from clinfuse.assets.evaluation.serving import serving_frame
+
+    block, workdir = pipeline_run["report"]["mlflow"], pipeline_run["workdir"]
+    tables = workdir / "tables"
+    cohort = pd.read_parquet(tables / "cohort.parquet")
+    test = cohort[cohort["split"] == "test"].reset_index(drop=True)
+    frame = serving_frame(
+        test,
+        tables / "labevents.parquet",
+        pd.read_parquet(tables / "notes.parquet"),
+        pd.read_parquet(tables / "dicom_index.parquet"),
+        pd.read_parquet(tables / "recording_index.parquet"),
+        pipeline_run["landing"],
+        24.0,
+    )
+    mlflow.set_tracking_uri(block["tracking_uri"])
+    model = mlflow.pyfunc.load_model(f"models:/{block['model_name']}@champion")
+    served = np.asarray(model.predict(frame), dtype=float)
+    expected = pd.read_parquet(workdir / pipeline_run["report"]["predictions_path"])
+    expected = expected.set_index("hadm_id").loc[test["hadm_id"], "p_fusion"].to_numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_report_json_is_plain_json(pipeline_run):
+    text = (pipeline_run["workdir"] / "report.json").read_text()
+    assert "NaN" not in text
+    json.loads(text)
