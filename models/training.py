@@ -1,0 +1,285 @@
+"""Training loop: class-weighted BCE, AdamW, modality dropout, early stopping on val AUROC."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from clinfuse.models.data import MODALITIES, AdmissionDataset
+from clinfuse.models.fusion import FusionModel
+from clinfuse.models.runtime import autocast, autocast_dtype, reproducible, resolve_device
+
+GRAD_CLIP = 5.0  # a safety net against one bad batch, not a tuned hyper-parameter
+
+
+@dataclass
+class TrainConfig:
+    strategy: str = "attention"
+    width: int = 64
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    modality_dropout: float = 0.2
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    modalities: tuple[str, ...] = MODALITIES
+    amp: bool = True
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainResult:
+    model: FusionModel  # best epoch's weights, on CPU, in eval mode
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_auroc: float = math.nan  # NaN when validation has a single class
+    device: str = "cpu"
+
+
+def build_model(dataset: AdmissionDataset, config: TrainConfig) -> FusionModel:
+    inputs = dataset.inputs
+    return FusionModel(
+        ehr_dim=inputs.ehr_dim,
+        text_dim=inputs.text_dim,
+        image_shape=inputs.image_shape,
+        audio_shape=inputs.audio_shape,
+        width=config.width,
+        strategy=config.strategy,
+        modalities=tuple(config.modalities),
+        dropout=config.dropout,
+    )
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    shuffle_seed: int | None = None,
+) -> DataLoader:
+    """A loader that shuffles from its own seeded generator (never the global RNG)."""
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle_seed is not None,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+    )
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def drop_modalities(
+    mask: torch.Tensor, columns: torch.Tensor, rate: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Hides each present modality (of `columns`) with probability `rate`, never all of them.
+
+    A row that would lose everything keeps one of its modalities, chosen at random, so the
+    model learns every subset without being trained on rows that carry no information.
+    """
+    if rate <= 0:
+        return mask
+    present = mask[:, columns]
+    kept = present & (torch.rand(present.shape, generator=generator) >= rate)
+    emptied = present.any(dim=1) & ~kept.any(dim=1)
+    pick = torch.rand(present.shape, generator=generator).masked_fill(~present, -1.0).argmax(1)
+    kept[emptied, pick[emptied]] = True
+    mask = mask.clone()
+    mask[:, columns] = kept
+    return mask
+
+
+def positive_weight(labels: np.ndarray) -> float:
+    """negatives / positives, so both classes weigh the same in the loss (1 if either is absent)."""
+    positives = float(np.sum(labels == 1))
+    negatives = float(np.sum(labels == 0))
+    return negatives / positives if positives and negatives else 1.0
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC, or None where it is undefined (a single class, or no rows)."""
+    if len(np.unique(labels)) < 2:
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+class _Trainer:
+    """Model, optimiser and precision of one run: `train_epoch` and `validate` do one pass each."""
+
+    def __init__(self, model: FusionModel, config: TrainConfig, device: torch.device, pos: float):
+        self.model = model.to(device)
+        self.config = config
+        self.device = device
+        self.dtype = autocast_dtype(device, config.amp)
+        self.criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos, device=device))
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.mask_rng = torch.Generator().manual_seed(config.seed + 1)
+
+    def train_epoch(self, loader: DataLoader) -> float:
+        self.model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            batch["mask"] = drop_modalities(
+                batch["mask"],
+                self.model.columns.cpu(),
+                self.config.modality_dropout,
+                self.mask_rng,
+            )
+            batch = to_device(batch, self.device)
+            with autocast(self.device, self.dtype):
+                logits = self.model(batch)
+            loss = self.criterion(logits.float(), batch["label"])
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += float(loss.detach()) * len(logits)
+            count += len(logits)
+        return total / max(count, 1)
+
+    def validate(self, loader: DataLoader) -> tuple[float, float | None]:
+        logits, labels = predict_logits(self.model, loader, self.device, self.dtype)
+        if not len(labels):
+            return math.nan, None
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(logits),
+            torch.from_numpy(labels),
+            pos_weight=self.criterion.pos_weight.cpu(),
+        )
+        return float(loss), auroc(labels, logits)
+
+
+def selection_score(row: dict) -> float:
+    """What early stopping maximises: validation AUROC, else (one class) -validation loss."""
+    if row["val_auroc"] is not None:
+        return row["val_auroc"]
+    if math.isfinite(row["val_loss"]):
+        return -row["val_loss"]
+    return -row["train_loss"]
+
+
+def train_fusion(
+    train: AdmissionDataset,
+    validation: AdmissionDataset,
+    config: TrainConfig,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Trains a FusionModel; returns the weights of the epoch with the best validation AUROC.
+
+    The validation loss uses the same class weighting as training, so the two are comparable.
+    Each history row is {epoch, train_loss, val_loss, val_auroc (None: one class), seconds}.
+    """
+    labels = train.labels
+    if labels is None or not len(train):
+        raise ValueError("train_fusion needs a non-empty, labelled training set")
+    device = resolve_device(config.device)
+    with reproducible(device, config.seed):
+        model = build_model(train, config)
+        trainer = _Trainer(model, config, device, positive_weight(labels))
+        train_loader = make_loader(
+            train, config.batch_size, device, config.num_workers, shuffle_seed=config.seed
+        )
+        val_loader = make_loader(validation, 256, device, config.num_workers)
+        result = _fit(trainer, train_loader, val_loader, config, on_epoch)
+    result.device = str(device)
+    return result
+
+
+def _fit(
+    trainer: _Trainer,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    config: TrainConfig,
+    on_epoch: Callable[[dict], None] | None,
+) -> TrainResult:
+    model = trainer.model
+    history: list[dict] = []
+    best_score, best_epoch, best_state = -math.inf, 0, None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        train_loss = trainer.train_epoch(train_loader)
+        val_loss, val_auroc = trainer.validate(val_loader)
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_auroc": val_auroc,
+            "seconds": time.perf_counter() - start,
+        }
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(dict(row))
+        if best_state is None or selection_score(row) > best_score:
+            best_score, best_epoch = selection_score(row), epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    model.cpu().eval()
+    best_auroc = history[best_epoch - 1]["val_auroc"]
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best_epoch,
+        best_val_auroc=math.nan if best_auroc is None else best_auroc,
+    )
+
+
+@torch.no_grad()
+def predict_logits(
+    model: FusionModel, loader: DataLoader, device: torch.device, dtype: torch.dtype | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) over the loader, in dataset order; the model must already be on device."""
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        labels.append(batch["label"].numpy())
+        with autocast(device, dtype):
+            logits.append(model(to_device(batch, device)).float().cpu().numpy())
+    if not logits:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def predict_proba(
+    model: FusionModel,
+    dataset: Dataset,
+    batch_size: int = 256,
+    device: str = "auto",
+    num_workers: int = 0,
+    amp: bool = True,
+) -> np.ndarray:
+    """P(label = 1) per admission of `dataset`, (N,) float64, in dataset order.
+
+    The model is returned to its original device and train/eval mode afterwards.
+    """
+    target = resolve_device(device)
+    home = next(model.parameters()).device
+    was_training = model.training
+    loader = make_loader(dataset, batch_size, target, num_workers)
+    try:
+        logits, _ = predict_logits(model.to(target), loader, target, autocast_dtype(target, amp))
+    finally:
+        model.to(home).train(was_training)
+    return torch.sigmoid(torch.from_numpy(logits).double()).numpy()
