@@ -29,6 +29,8 @@ class ParquetIOManager(dg.UPathIOManager):
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         if isinstance(obj, Ingested):
             self._dump_rows(obj.rows, path)
+            if isinstance(obj.rows, Path):
+                obj.rows = Path(str(path))  # the staged file now lives at the asset's path
             obj.rejects.to_parquet(_sibling(path, ".rejects.parquet"), index=False)
             counts = {"seen": obj.seen, "ingested": obj.ingested, "quarantined": obj.quarantined}
             _sibling(path, ".counts.json").write_text(json.dumps(counts))

@@ -10,14 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
+
 from clinfuse.assets.evaluation.metrics import (
     drop_unscored,
     expected_calibration_error,
     ranking_metrics,
 )
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from sklearn.metrics import confusion_matrix, precision_recall_curve, roc_curve
 
 Curves = dict[str, tuple[object, object]]
 SIZE = (5.0, 5.0)

@@ -57,6 +57,4 @@ def labevents(
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS)
 def notes(landing: LandingZone, admissions: pd.DataFrame, patients: pd.DataFrame) -> Ingested:
     """Every note/ table. Discharge summaries are kept here and excluded from features later."""
-    if not landing.has("note"):
-        return Ingested.empty(notes_reader.NOTE_COLUMNS)
     return _ingested(notes_reader.read_notes(landing.root, admissions, patients))

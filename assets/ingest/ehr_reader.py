@@ -1,0 +1,349 @@
+"""The EHR tables of a landing zone (ehr/, MIMIC-IV hosp layout) as typed tables with rejects.
+
+Every table is read in chunks of text cells and parsed column by column (table_schema.py), so a
+row is ingested or quarantined with a reason, never coerced silently. Row numbers in a reject's
+source (`ehr/labevents.csv.gz:17`) are 1-based data-record numbers, header not counted; a quoted
+value spanning several physical lines is one record (csv_chunks.py).
+
+labevents is streamed: chunk by chunk it is parsed, linked to its admission and appended to one
+Parquet file, so memory holds one chunk whatever the table's size (MIMIC-IV's is ~118M rows).
+Plain code: no Dagster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clinfuse.assets.ingest import table_schema as ts
+from clinfuse.assets.ingest.csv_chunks import (
+    AmbiguousTableError,
+    MissingColumnsError,
+    UnreadableTableError,
+    raw_chunks,
+    read_header,
+    relative,
+    require_columns,
+)
+from clinfuse.assets.ingest.csv_chunks import find_table as _find_table
+from clinfuse.assets.ingest.linking import link_to_admissions
+from clinfuse.assets.ingest.quarantine import (
+    BAD_VALUE,
+    DUPLICATE_ADMISSION,
+    DUPLICATE_SUBJECT,
+    NO_ADMISSION,
+    UNKNOWN_ADMISSION,
+    UNKNOWN_PATIENT,
+    rejects_frame,
+)
+
+__all__ = [
+    "AmbiguousTableError",
+    "MissingColumnsError",
+    "TableRead",
+    "UnreadableTableError",
+    "find_table",
+    "read_admissions",
+    "read_d_labitems",
+    "read_diagnoses",
+    "read_patients",
+    "stream_labevents",
+]
+
+CHUNKSIZE = 500_000
+DUPLICATE_ITEM = "duplicate itemid"
+LAB_COLUMNS = list(ts.LABEVENTS.output_kinds())
+
+
+@dataclass
+class TableRead:
+    """One table read: the good rows, the rejects, and the counts the report shows.
+
+    seen = ingested + len(rejects). `file` is relative to the landing zone, None when the table
+    is absent. For labevents `rows` is empty (the rows are in the Parquet file) and `ingested`
+    counts them. `coerced` counts optional cells that did not parse and were left empty.
+    """
+
+    rows: pd.DataFrame
+    rejects: pd.DataFrame
+    seen: int
+    file: str | None
+    ingested: int = -1
+    coerced: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ingested < 0:
+            self.ingested = len(self.rows)
+
+
+def find_table(landing: Path, name: str) -> Path | None:
+    """ehr/<name>.csv or ehr/<name>.csv.gz; None when absent, an error when both exist."""
+    return _find_table(Path(landing), name, "ehr")
+
+
+# -- reading one table into memory -----------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A table being checked: typed rows and the first reason of each rejected one.
+
+    Both are indexed by data-row number; checks only ever add reasons, so each rejected row
+    is reported once with the first problem found.
+    """
+
+    frame: pd.DataFrame
+    reasons: pd.Series
+    seen: int
+    file: str | None
+    modality: str
+    coerced: dict[str, int]
+
+    @property
+    def good(self) -> pd.DataFrame:
+        return self.frame[self.reasons.isna().to_numpy()]
+
+    def reject(self, mask: pd.Series, reason: str | pd.Series) -> None:
+        """Quarantine the rows where mask is True (mask indexed by row number, may be a subset)."""
+        full = mask.reindex(self.reasons.index, fill_value=False).to_numpy(dtype=bool)
+        if isinstance(reason, pd.Series):
+            reason = reason.reindex(self.reasons.index)
+        self.reasons = ts.first_reason(self.reasons, full, reason)
+
+    def result(self) -> TableRead:
+        return TableRead(
+            rows=self.good.reset_index(drop=True),
+            rejects=reasons_to_rejects(self.reasons, self.file, self.modality),
+            seen=self.seen,
+            file=self.file,
+            coerced=self.coerced,
+        )
+
+
+def reasons_to_rejects(reasons: pd.Series, file: str | None, modality: str) -> pd.DataFrame:
+    """The quarantine rows of a table: source `<file>:<row>`, reason."""
+    bad = reasons.dropna()
+    if bad.empty:
+        return rejects_frame()
+    frame = pd.DataFrame(
+        {
+            "modality": modality,
+            "source": f"{file}:" + pd.Series(bad.index, dtype="string").astype(str),
+            "reason": bad.to_numpy(),
+        }
+    )
+    return frame.astype("string")
+
+
+def parsed_chunks(
+    path: Path, schema: ts.TableSchema, label: str, chunksize: int
+) -> Iterator[ts.ParsedChunk]:
+    """The table's chunks, typed; a missing required column stops before any row is read."""
+    require_columns(read_header(path, label), schema.required, label)
+    for raw in raw_chunks(path, schema.names, chunksize, label):
+        yield ts.parse_chunk(raw.cells, schema, raw.malformed)
+
+
+def load_table(
+    landing: Path, path: Path | None, schema: ts.TableSchema, modality: str, chunksize: int
+) -> Loaded:
+    """A whole (small) table in memory; an absent one reads as empty with its schema."""
+    if path is None:
+        empty = schema.empty_frame()[schema.names]
+        return Loaded(empty, pd.Series(dtype="string"), 0, None, modality, {})
+    label = relative(Path(landing), path)
+    frames, reasons, coerced = [], [], {}
+    for chunk in parsed_chunks(path, schema, label, chunksize):
+        frames.append(chunk.frame)
+        reasons.append(chunk.reasons)
+        add_counts(coerced, chunk.coerced)
+    if not frames:
+        empty = schema.empty_frame()[schema.names]
+        return Loaded(empty, pd.Series(dtype="string"), 0, label, modality, coerced)
+    frame = pd.concat(frames) if len(frames) > 1 else frames[0]
+    reason = pd.concat(reasons) if len(reasons) > 1 else reasons[0]
+    return Loaded(frame, reason, len(frame), label, modality, coerced)
+
+
+def add_counts(total: dict[str, int], more: dict[str, int]) -> None:
+    for name, count in more.items():
+        total[name] = total.get(name, 0) + count
+
+
+def _load(landing: Path, name: str, schema: ts.TableSchema, chunksize: int) -> Loaded:
+    return load_table(Path(landing), find_table(landing, name), schema, "ehr", chunksize)
+
+
+# -- cross-table checks ------------------------------------------------------------------------
+
+
+def subject_ids(patients: pd.DataFrame) -> set[int]:
+    return set(patients["subject_id"].dropna().astype("int64").tolist())
+
+
+def unknown_patient(frame: pd.DataFrame, known: set[int]) -> pd.Series:
+    return ~frame["subject_id"].isin(known).fillna(False).astype(bool)
+
+
+def unknown_admission(frame: pd.DataFrame, admissions: pd.DataFrame) -> pd.Series:
+    """A given hadm_id that is not in admissions or belongs to another patient."""
+    owner = admissions.drop_duplicates("hadm_id").set_index("hadm_id")["subject_id"]
+    owner.index = owner.index.astype("Int64")
+    owners = frame["hadm_id"].map(owner).astype("Int64")
+    matches = owners.eq(frame["subject_id"].astype("Int64")).fillna(False).astype(bool)
+    return frame["hadm_id"].notna() & ~matches
+
+
+def later_duplicates(loaded: Loaded, column: str) -> pd.Series:
+    """Good rows whose `column` value an earlier good row already has: the first one wins."""
+    good = loaded.good
+    return good[column].duplicated(keep="first") & good[column].notna()
+
+
+# -- the tables --------------------------------------------------------------------------------
+
+
+def read_patients(landing: Path, chunksize: int = CHUNKSIZE) -> TableRead:
+    """One row per subject_id: the first row of a subject wins, later ones are duplicates."""
+    loaded = _load(landing, "patients", ts.PATIENTS, chunksize)
+    loaded.reject(later_duplicates(loaded, "subject_id"), DUPLICATE_SUBJECT)
+    return loaded.result()
+
+
+def read_admissions(landing: Path, patients: pd.DataFrame, chunksize: int = CHUNKSIZE) -> TableRead:
+    """Admissions of known patients, discharged no earlier than admitted, one per hadm_id."""
+    loaded = _load(landing, "admissions", ts.ADMISSIONS, chunksize)
+    loaded.reject(unknown_patient(loaded.good, subject_ids(patients)), UNKNOWN_PATIENT)
+    good = loaded.good
+    backwards = good["dischtime"] < good["admittime"]
+    loaded.reject(backwards, f"{BAD_VALUE} dischtime: before admittime")
+    loaded.reject(later_duplicates(loaded, "hadm_id"), DUPLICATE_ADMISSION)
+    return loaded.result()
+
+
+def read_d_labitems(landing: Path, chunksize: int = CHUNKSIZE) -> TableRead:
+    """The lab dictionary; a repeated itemid keeps its first label."""
+    loaded = _load(landing, "d_labitems", ts.D_LABITEMS, chunksize)
+    loaded.reject(later_duplicates(loaded, "itemid"), DUPLICATE_ITEM)
+    return loaded.result()
+
+
+def read_diagnoses(
+    landing: Path,
+    admissions: pd.DataFrame,
+    patients: pd.DataFrame,
+    chunksize: int = CHUNKSIZE,
+) -> TableRead:
+    """ICD codes of known admissions of known patients (the source of the label)."""
+    loaded = _load(landing, "diagnoses_icd", ts.DIAGNOSES_ICD, chunksize)
+    loaded.reject(unknown_patient(loaded.good, subject_ids(patients)), UNKNOWN_PATIENT)
+    loaded.reject(unknown_admission(loaded.good, admissions), UNKNOWN_ADMISSION)
+    return loaded.result()
+
+
+# -- labevents, streamed -----------------------------------------------------------------------
+
+
+def link_events(
+    frame: pd.DataFrame, admissions: pd.DataFrame, known: pd.Series, time_column: str
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Rows with `hadm_id` set to their admission (given, or by time) and `hadm_id_given`.
+
+    Returns the linked rows and, per row, the reason it cannot be linked (unknown patient or
+    admission; NA when fine). A row with no hadm_id in no admission is fine: hadm_id stays NA.
+    """
+    linked = link_to_admissions(frame, admissions, known, time_column)
+    problem = linked["link_problem"].where(linked["link_problem"] != NO_ADMISSION)
+    out = frame.copy()
+    out["hadm_id_given"] = frame["hadm_id"].notna().to_numpy(dtype=bool)
+    out["hadm_id"] = linked["linked_hadm_id"].astype("Int64")
+    return out, problem.astype("string")
+
+
+def admissions_for_linking(admissions: pd.DataFrame) -> pd.DataFrame:
+    """Only what linking needs, typed once rather than per chunk."""
+    return pd.DataFrame(
+        {
+            "subject_id": admissions["subject_id"].astype("Int64"),
+            "hadm_id": admissions["hadm_id"].astype("Int64"),
+            "admittime": admissions["admittime"].astype("datetime64[ns]"),
+            "dischtime": admissions["dischtime"].astype("datetime64[ns]"),
+        }
+    ).dropna(subset=["subject_id", "hadm_id"])
+
+
+def stream_labevents(
+    landing: Path,
+    out_path: Path,
+    admissions: pd.DataFrame,
+    patients: pd.DataFrame,
+    chunksize: int = CHUNKSIZE,
+) -> TableRead:
+    """Parse, link and append labevents to one Parquet file at out_path, chunk by chunk.
+
+    Columns and types are fixed (ts.LABEVENTS + hadm_id_given) whatever the export holds, and
+    the file is written even when the table is absent or empty, so readers never special-case.
+    `hadm_id` is the admission the row belongs to: given, or linked by charttime; NA for an
+    outpatient lab. The file appears at out_path only once complete (written beside, renamed).
+    """
+    landing, out_path = Path(landing), Path(out_path)
+    path = find_table(landing, "labevents")
+    label = relative(landing, path) if path is not None else None
+    links = admissions_for_linking(admissions)
+    known = pd.Series(sorted(subject_ids(patients)), dtype="Int64")
+    schema = ts.LABEVENTS.arrow_schema()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(out_path.name + ".partial")
+    seen = ingested = 0
+    rejects: list[pd.DataFrame] = []
+    coerced: dict[str, int] = {}
+    try:
+        with pq.ParquetWriter(partial, schema) as writer:
+            if path is not None:
+                for chunk in parsed_chunks(path, ts.LABEVENTS, label, chunksize):
+                    rows, reasons = _link_chunk(chunk, links, known)
+                    table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
+                    writer.write_table(table)
+                    rejects.append(reasons_to_rejects(reasons, label, "ehr"))
+                    seen += len(chunk.frame)
+                    ingested += len(rows)
+                    add_counts(coerced, chunk.coerced)
+            if seen == 0:
+                writer.write_table(schema.empty_table())
+    except BaseException:
+        partial.unlink(missing_ok=True)  # no half-written file for the next run to trust
+        raise
+    partial.replace(out_path)
+    return TableRead(
+        rows=ts.LABEVENTS.empty_frame()[LAB_COLUMNS],
+        rejects=pd.concat(rejects, ignore_index=True) if rejects else rejects_frame(),
+        seen=seen,
+        file=label,
+        ingested=ingested,
+        coerced=coerced,
+    )
+
+
+def _link_chunk(
+    chunk: ts.ParsedChunk, admissions: pd.DataFrame, known: pd.Series
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The chunk's ingested rows (LAB_COLUMNS) and every row's reason (NA when ingested)."""
+    reasons = chunk.reasons
+    good = chunk.frame[reasons.isna().to_numpy()]
+    linked, problem = link_events(good, admissions, known, "charttime")
+    reasons = ts.first_reason(
+        reasons, _on(reasons.index, problem.notna()), problem.reindex(reasons.index)
+    )
+    kept = linked[problem.isna().to_numpy()]
+    return kept[LAB_COLUMNS], reasons
+
+
+def _on(index: pd.Index, mask: pd.Series) -> np.ndarray:
+    """A boolean mask over a subset of rows, spread over the whole chunk's index."""
+    return mask.reindex(index, fill_value=False).to_numpy(dtype=bool)

@@ -1,0 +1,81 @@
+"""The note/ tables of a landing zone (MIMIC-IV-Note layout) as one typed table with rejects.
+
+Every note/*.csv and note/*.csv.gz is read (sorted by name) and tagged with `source_table`
+("note/discharge.csv.gz"). A note without hadm_id is linked to the admission holding its
+charttime; one in no admission is kept with hadm_id NA, like an outpatient lab (MIMIC's
+radiology reports include outpatient studies), and used by no admission.
+
+Row numbers in a reject's source (`note/radiology.csv:12`) are data-record numbers, header not
+counted: a note text with embedded newlines is one record however many lines it spans.
+Plain code: no Dagster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from clinfuse.assets.ingest import table_schema as ts
+from clinfuse.assets.ingest.csv_chunks import table_files
+from clinfuse.assets.ingest.ehr_reader import (
+    Loaded,
+    TableRead,
+    add_counts,
+    admissions_for_linking,
+    link_events,
+    load_table,
+    subject_ids,
+)
+from clinfuse.assets.ingest.quarantine import rejects_frame
+
+NOTE_COLUMNS = list(ts.NOTES.output_kinds())
+DUPLICATE_NOTE = "duplicate note_id"
+
+
+def read_notes(
+    landing: Path,
+    admissions: pd.DataFrame,
+    patients: pd.DataFrame,
+    chunksize: int = 100_000,
+) -> TableRead:
+    """Every note table, linked to admissions; `file` is "note/" when any table exists.
+
+    A note_id already seen (in this or an earlier table) is quarantined as a duplicate.
+    """
+    landing = Path(landing)
+    files = table_files(landing, "note")
+    if not files:
+        return TableRead(ts.NOTES.empty_frame()[NOTE_COLUMNS], rejects_frame(), 0, None)
+    known = pd.Series(sorted(subject_ids(patients)), dtype="Int64")
+    admissions = admissions_for_linking(admissions)
+    seen_ids: set[str] = set()
+    parts, rejects, coerced, seen = [], [], {}, 0
+    for path in files:
+        loaded = load_table(landing, path, ts.NOTES, "note", chunksize)
+        rows = _link(loaded, admissions, known)
+        duplicate = rows["note_id"].isin(seen_ids) | rows["note_id"].duplicated()
+        loaded.reject(duplicate, DUPLICATE_NOTE)
+        rows = rows[~duplicate.to_numpy()]
+        seen_ids.update(rows["note_id"].dropna().tolist())
+        parts.append(rows.assign(source_table=pd.Series(loaded.file, index=rows.index)))
+        rejects.append(loaded.result().rejects)
+        seen += loaded.seen
+        add_counts(coerced, loaded.coerced)
+    rows = pd.concat(parts, ignore_index=True)[NOTE_COLUMNS]
+    rows = rows.astype({"source_table": "string", "hadm_id_given": "bool"})
+    return TableRead(
+        rows=rows,
+        rejects=pd.concat(rejects, ignore_index=True),
+        seen=seen,
+        file="note/",
+        coerced=coerced,
+    )
+
+
+def _link(loaded: Loaded, admissions: pd.DataFrame, known: pd.Series) -> pd.DataFrame:
+    """The table's good rows linked to admissions; unknown patient / admission rejected."""
+    good = loaded.good
+    linked, problem = link_events(good, admissions, known, "charttime")
+    loaded.reject(problem.notna(), problem)
+    return linked[problem.isna().to_numpy()]
