@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
 from clinfuse.assets.evaluation.metrics import (
     METRIC_KEYS,
     SUBGROUP_COLUMNS,
@@ -25,7 +27,6 @@ from clinfuse.assets.evaluation.plots import (
     pr_plot,
     roc_plot,
 )
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

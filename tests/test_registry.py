@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import mlflow
 import pytest
+from mlflow import MlflowClient
+
 from clinfuse.assets.evaluation.registry import (
     CHALLENGER,
     CHAMPION,
@@ -19,7 +21,6 @@ from clinfuse.assets.evaluation.registry import (
     promote,
     register_version,
 )
-from mlflow import MlflowClient
 
 # MLflow's own SQL store still uses a deprecated SQLAlchemy loader: noise, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")

@@ -22,6 +22,7 @@ COHORT_COLUMNS = [
     "split",
     "gender",
     "anchor_age",
+    "anchor_year",
     *[f"has_{m}" for m in MODALITIES],
 ]
 
@@ -36,7 +37,9 @@ def build_cohort(
     base = admissions.dropna(subset=["admittime"])[
         ["hadm_id", "subject_id", "admittime", "dischtime"]
     ]
-    base = base.merge(patients[["subject_id", "gender", "anchor_age"]], on="subject_id", how="left")
+    base = base.merge(
+        patients[["subject_id", "gender", "anchor_age", "anchor_year"]], on="subject_id", how="left"
+    )
     base["window_end"] = base["admittime"] + pd.to_timedelta(settings.window_hours, unit="h")
     base["label"] = label_admissions(base, diagnoses, settings.target)
     base["split"] = assign_splits(base, settings.seed)

@@ -2,7 +2,7 @@
 pipeline. The registered pyfunc and the round-trip test both go through here.
 
 Input columns (any modality may be missing: null / empty):
-  hadm_id, subject_id, admittime, gender, anchor_age
+  hadm_id, subject_id, admittime, gender, anchor_age, anchor_year (MIMIC: age at anchor_year)
   labs            JSON list of {"itemid", "charttime", "valuenum"} charted in the admission
   notes           the admission's note text (the pipeline passes its allowed notes: no "DS")
   image_path      a DICOM file
@@ -32,6 +32,7 @@ INPUT_COLUMNS = [
     "admittime",
     "gender",
     "anchor_age",
+    "anchor_year",
     "labs",
     "notes",
     "image_path",
@@ -58,6 +59,7 @@ def _frames(rows: pd.DataFrame, window_hours: float):
             "subject_id": subjects.to_numpy(),
             "gender": rows["gender"].astype("string").to_numpy(),
             "anchor_age": pd.to_numeric(rows["anchor_age"], errors="coerce").to_numpy(),
+            "anchor_year": pd.to_numeric(rows["anchor_year"], errors="coerce").to_numpy(),
         }
     ).drop_duplicates("subject_id")
     labs = [
@@ -113,7 +115,7 @@ def serving_batch(
     has_text = rows["notes"].map(_present).to_numpy(dtype=bool)
     mask = np.stack([has_ehr, has_text, has_image, has_audio], axis=1)
     return {
-        "ehr": torch.from_numpy(ehr.to_numpy(dtype=np.float32)),
+        "ehr": torch.from_numpy(ehr.to_numpy(dtype=np.float32, copy=True)),
         "text": torch.from_numpy(np.asarray(text, dtype=np.float32)),
         "image": torch.from_numpy(image),
         "audio": torch.from_numpy(audio),
@@ -136,7 +138,7 @@ def serving_frame(
     labs_json = {
         int(h): group[["itemid", "charttime", "valuenum"]]
         .assign(charttime=group["charttime"].astype(str))
-        .to_json(orient="records")
+        .to_json(orient="records", double_precision=15)
         for h, group in labs.groupby("hadm_id")
     }
     text = allowed_notes(notes, cohort, window_hours)
@@ -153,6 +155,7 @@ def serving_frame(
             "admittime": cohort["admittime"].astype(str).to_numpy(),
             "gender": cohort["gender"].astype("string").to_numpy(),
             "anchor_age": pd.to_numeric(cohort["anchor_age"]).astype(float).to_numpy(),
+            "anchor_year": pd.to_numeric(cohort["anchor_year"]).astype(float).to_numpy(),
             "labs": [labs_json.get(int(h)) for h in ids],
             "notes": [_text_or_none(text.get(int(h))) for h in ids],
             **{k: [v.get(int(h)) for h in ids] for k, v in paths.items()},
