@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-TINY_TRAINING = {"epochs": 3, "patience": 2, "width": 16, "batch_size": 32}
-ADMISSIONS = 60
+TINY_TRAINING = {"epochs": 6, "patience": 3, "width": 16, "batch_size": 32}
+ADMISSIONS = 120
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,6 +4,7 @@ import dataclasses
 import subprocess
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from clinfuse.assets.cohort.availability import MODALITIES
@@ -40,6 +41,9 @@ class TrainingConfig(dg.Config):
     patience: int = 6
     modality_dropout: float = 0.2
     num_workers: int = 0
+    # A negative control: train on permuted train labels. The result must not beat chance, and
+    # the promotion gate must refuse it (tests use it; so can a person checking for leakage).
+    shuffle_labels: bool = False
 
     def train_config(self, seed: int, modalities: tuple[str, ...] = MODALITIES) -> TrainConfig:
         return TrainConfig(
@@ -72,8 +76,13 @@ def _inputs(settings: PipelineSettings, tables: dict) -> tuple[pd.DataFrame, Mod
     return cohort, inputs
 
 
-def _datasets(cohort: pd.DataFrame, inputs: ModalityInputs):
-    train = AdmissionDataset(inputs, split_indices(cohort, "train"))
+def _datasets(cohort: pd.DataFrame, inputs: ModalityInputs, shuffle_seed: int | None = None):
+    train_rows = split_indices(cohort, "train")
+    if shuffle_seed is not None:
+        labels = inputs.labels.copy()
+        labels[train_rows] = np.random.default_rng(shuffle_seed).permutation(labels[train_rows])
+        inputs = dataclasses.replace(inputs, labels=labels)
+    train = AdmissionDataset(inputs, train_rows)
     validation = AdmissionDataset(inputs, split_indices(cohort, "validation"))
     return train, validation
 
@@ -118,12 +127,14 @@ def fusion_model(
     import mlflow as mlflow_api
 
     cohort, inputs = _inputs(settings, tables)
-    train, validation = _datasets(cohort, inputs)
+    shuffle_seed = settings.seed if config.shuffle_labels else None
+    train, validation = _datasets(cohort, inputs, shuffle_seed)
     train_config = config.train_config(settings.seed)
     tags = {
         "dagster.run_id": context.run_id,
         "dagster.asset": "fusion_model",
         "git.commit": git_commit(),
+        "negative_control.shuffled_labels": str(config.shuffle_labels).lower(),
         **{f"data_version.{k}": v for k, v in input_data_versions(context).items()},
     }
     with mlflow.start_run(f"fusion-{train_config.strategy}", tags) as run:
@@ -169,6 +180,7 @@ def fusion_model(
         "best_val_auroc": result.best_val_auroc,
         "best_epoch": result.best_epoch,
         "device": result.device,
+        "train_seconds": float(sum(row["seconds"] for row in result.history)),
     }
 
 

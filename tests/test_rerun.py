@@ -1,0 +1,91 @@
+"""Running again: after a kill, twice in a row, and with a deliberately worse challenger."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from clinfuse.orchestration.definitions import build_definitions
+from clinfuse.orchestration.runner import dagster_instance, run_pipeline
+from tests.conftest import TINY_TRAINING
+
+pytestmark = pytest.mark.slow
+
+
+def _row_counts(workdir: Path) -> dict[str, int]:
+    tables = workdir / "tables"
+    return {p.name: len(pd.read_parquet(p)) for p in sorted(tables.glob("*.parquet"))}
+
+
+def _kill_midway(landing: Path, workdir: Path, config: Path) -> None:
+    """Starts `clinfuse run` and kills it once the first ingest tables exist."""
+    command = [
+        sys.executable,
+        "-m",
+        "clinfuse.orchestration.cli",
+        "run",
+        "--landing",
+        str(landing),
+        "--workdir",
+        str(workdir),
+        "--config",
+        str(config),
+    ]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (workdir / "tables" / "admissions.parquet").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "the run never got going"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (workdir / "report.json").exists()
+
+
+def _retrain_shuffled(landing: Path, workdir: Path) -> dict:
+    defs = build_definitions(landing, workdir)
+    job = defs.resolve_job_def("retrain_and_evaluate")
+    config = {**TINY_TRAINING, "shuffle_labels": True}
+    run_config = {
+        "ops": {"fusion_model": {"config": config}, "modality_models": {"config": config}}
+    }
+    with dagster_instance(workdir) as instance:
+        result = job.execute_in_process(instance=instance, run_config=run_config)
+    return result.output_for_node("champion")
+
+
+def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
+    workdir = tmp_path / "work"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"window_hours": 24, "training": TINY_TRAINING}))
+
+    _kill_midway(landing, workdir, config)
+    first = run_pipeline(landing, workdir, config, workers=2)
+    assert first["mlflow"]["version"] == "1"
+    counts = _row_counts(workdir)
+
+    second = run_pipeline(landing, workdir, config, workers=2)
+    assert second["mlflow"]["version"] == "2"
+    assert "challenger" in second["mlflow"]["aliases"]
+    assert _row_counts(workdir) == counts  # nothing appended twice
+    assert second["quarantine"] == first["quarantine"]
+    assert second["cohort"] == first["cohort"]
+
+    client = mlflow.MlflowClient(second["mlflow"]["tracking_uri"])
+    name = second["mlflow"]["model_name"]
+    champion_before = client.get_registered_model(name).aliases["champion"]
+
+    worse = _retrain_shuffled(landing, workdir)
+    assert worse["version"] == "3"
+    assert worse["decision"]["promoted"] is False
+    assert "AUROC" in worse["decision"]["reason"]
+    assert client.get_registered_model(name).aliases["champion"] == champion_before
+    assert client.get_model_version(name, "3").tags["promotion.decision"] == "refused"
+    assert sorted(worse["aliases"]) == ["challenger"]
