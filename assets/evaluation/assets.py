@@ -80,7 +80,7 @@ def evaluation(
     removed = ablation(predictions, threshold)
     frame = pd.DataFrame({"sex": test["gender"], "age_band": test["anchor_age"].map(m.age_band)})
     subgroups = m.subgroup_metrics(test["label"], test["p_fusion"], threshold, frame)
-    folder = workdir.folder("evaluation", context.run_id)
+    folder = workdir.folder("evaluation", context.run.run_id)
     card = model_card(
         model_name=f"clinfuse-{settings.target_name}",
         version="(registered next)",

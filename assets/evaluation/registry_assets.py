@@ -78,7 +78,7 @@ def registered_model(
 
     fusion = tables["fusion_model"]
     run_id = fusion["mlflow_run_id"]
-    folder = workdir.folder("models", context.run_id)
+    folder = workdir.folder("models", context.run.run_id)
     artifacts = {"checkpoint": fusion["checkpoint"]}
     for name in ("lab_featurizer", "note_embedder"):
         (folder / f"{name}.json").write_text(json.dumps(tables[name]))
@@ -97,7 +97,7 @@ def registered_model(
         )
     name = model_name(settings)
     tags = {
-        "dagster.run_id": context.run_id,
+        "dagster.run_id": context.run.run_id,
         "dagster.asset": "registered_model",
         "landing.path": str(landing.root),
         "landing.fingerprint": landing_fingerprint(landing.root),

@@ -131,7 +131,7 @@ def fusion_model(
     train, validation = _datasets(cohort, inputs, shuffle_seed)
     train_config = config.train_config(settings.seed)
     tags = {
-        "dagster.run_id": context.run_id,
+        "dagster.run_id": context.run.run_id,
         "dagster.asset": "fusion_model",
         "git.commit": git_commit(),
         "negative_control.shuffled_labels": str(config.shuffle_labels).lower(),
@@ -160,7 +160,7 @@ def fusion_model(
             )
 
         result = train_fusion(train, validation, train_config, on_epoch=on_epoch)
-        path = save_checkpoint(result.model, workdir.folder("models", context.run_id) / "fusion.pt")
+        path = save_checkpoint(result.model, workdir.folder("models", context.run.run_id) / "fusion.pt")
         mlflow_api.log_artifact(str(path), artifact_path="checkpoint")
         mlflow_api.log_metric("best_val_auroc", result.best_val_auroc)
         run_id = run.info.run_id
@@ -207,7 +207,7 @@ def modality_models(
             context.log.warning(f"no train admission has {modality}: no {modality} model")
             continue
         result = train_fusion(train, validation, config.train_config(settings.seed, (modality,)))
-        folder = workdir.folder("models", context.run_id)
+        folder = workdir.folder("models", context.run.run_id)
         path = save_checkpoint(result.model, folder / f"{modality}.pt")
         trained[modality] = {"checkpoint": str(path), "best_val_auroc": result.best_val_auroc}
         context.log.info(f"{modality}: best validation AUROC {result.best_val_auroc:.3f}")
