@@ -66,10 +66,16 @@ def read_config(config: Path | None) -> tuple[Settings, dict[str, Any]]:
         raise PipelineFailed(f"{config}: {error}") from error
 
 
+# The console shows what a person follows (stage progress, epochs, warnings); Dagster's own
+# step events stay in its event log, visible in the UI.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
 def training_run_config(training: dict[str, Any]) -> dict[str, Any]:
     if not training:
-        return {}
-    return {"ops": {name: {"config": training} for name in ("fusion_model", "modality_models")}}
+        return dict(QUIET_CONSOLE)
+    ops = {name: {"config": training} for name in ("fusion_model", "modality_models")}
+    return {**QUIET_CONSOLE, "ops": ops}
 
 
 def run_pipeline(
@@ -106,7 +112,7 @@ def promote_model(
     landing, workdir = landing.resolve(), workdir.resolve()
     defs = build_definitions(landing, workdir, load_settings(config))
     job = defs.resolve_job_def("promote")
-    run_config = {"ops": {"champion": {"config": {"force": force, "note": note}}}}
+    run_config = {**QUIET_CONSOLE, "ops": {"champion": {"config": {"force": force, "note": note}}}}
     with dagster_instance(workdir) as instance:
         result = job.execute_in_process(
             instance=instance, run_config=run_config, raise_on_error=False

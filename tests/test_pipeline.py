@@ -151,3 +151,73 @@ def test_report_json_is_plain_json(pipeline_run):
     text = (pipeline_run["workdir"] / "report.json").read_text()
     assert "NaN" not in text
     json.loads(text)
+
+
+def test_mlflow_models_serve_answers_a_request(pipeline_run, tmp_path):
+    """`mlflow models serve` on the champion (local env: nothing is installed or downloaded)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    block = pipeline_run["report"]["mlflow"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": block["tracking_uri"],
+    }
+    command = [
+        f"{bin_dir}/mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{block['model_name']}@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not answer"
+                time.sleep(0.5)
+        record = {
+            "hadm_id": 1,
+            "subject_id": 1,
+            "admittime": "2180-01-01 08:00:00",
+            "gender": "F",
+            "anchor_age": 64.0,
+            "anchor_year": 2180.0,
+            "labs": json.dumps(
+                [{"itemid": 51301, "charttime": "2180-01-01 10:00:00", "valuenum": 17.5}]
+            ),
+            "notes": "Productive cough, fever and pleuritic chest pain.",
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_records": [record]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+        assert len(answer["predictions"]) == 1
+        assert 0.0 < float(np.ravel(answer["predictions"])[0]) < 1.0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

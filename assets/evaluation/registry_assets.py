@@ -11,7 +11,7 @@ import pandas as pd
 
 from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import registry
-from clinfuse.assets.evaluation.serving import serving_frame
+from clinfuse.assets.evaluation.serving import INPUT_COLUMNS, serving_frame
 from clinfuse.orchestration.mlflow_resource import MLflowResource
 from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
 from clinfuse.orchestration.sensors import scan_landing
@@ -32,6 +32,24 @@ class PromotionConfig(dg.Config):
 
 def model_name(settings: PipelineSettings) -> str:
     return f"clinfuse-{settings.target_name}"
+
+
+def serving_signature():
+    """One admission per row; only the link keys and admittime are required."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    types = {
+        "hadm_id": "long",
+        "subject_id": "long",
+        "anchor_age": "double",
+        "anchor_year": "double",
+    }
+    required = {"hadm_id", "admittime"}
+    inputs = Schema(
+        [ColSpec(types.get(c, "string"), c, required=c in required) for c in INPUT_COLUMNS]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", "probability")]))
 
 
 def landing_fingerprint(root: Path) -> str:
@@ -74,7 +92,6 @@ def registered_model(
 ) -> dict:
     """The fusion model as an MLflow pyfunc, registered as a new version with alias challenger."""
     import mlflow as mlflow_api
-    from mlflow.models import infer_signature
 
     fusion = tables["fusion_model"]
     run_id = fusion["mlflow_run_id"]
@@ -85,15 +102,13 @@ def registered_model(
         artifacts[name] = str(folder / f"{name}.json")
     (folder / "settings.json").write_text(json.dumps(dataclasses.asdict(settings.settings())))
     artifacts["settings"] = str(folder / "settings.json")
-    _, example = _serving_rows(landing, settings, tables, ("train",))
-    example = example.head(2)
     client = mlflow.client()
     with mlflow_api.start_run(run_id=run_id):
         info = mlflow_api.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_CODE),
             artifacts=artifacts,
-            signature=infer_signature(example, np.zeros(len(example))),
+            signature=serving_signature(),
         )
     name = model_name(settings)
     tags = {
