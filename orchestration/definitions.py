@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from clinfuse.assets.checks import asset_checks
 from clinfuse.assets.cohort import assets as cohort_assets
 from clinfuse.assets.evaluation import assets as evaluation_assets
 from clinfuse.assets.evaluation import predictions as prediction_assets
@@ -27,6 +28,7 @@ from clinfuse.orchestration.resources import LandingZone, PipelineSettings, Work
 from clinfuse.orchestration.sensors import landing_zone_sensor, record_run_failure
 
 ASSET_MODULES = (
+    asset_checks,
     ehr,
     imaging,
     recordings,

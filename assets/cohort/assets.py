@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from clinfuse.assets.checks import expectations
+from clinfuse.assets.checks.asset_checks import outcome_result
 from clinfuse.assets.cohort.availability import MODALITIES, modality_availability
 from clinfuse.assets.cohort.labels import label_admissions
 from clinfuse.assets.cohort.splits import assign_splits, patients_in_two_splits, split_summary
@@ -80,22 +81,10 @@ def cohort(
     return table
 
 
-def _outcome_result(outcome: expectations.QualityOutcome) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
-        description=outcome.description,
-        metadata={
-            "failed_expectations": ", ".join(outcome.failed_expectations) or "none",
-            **{k: v for k, v in outcome.metadata.items() if isinstance(v, int | float | str)},
-        },
-    )
-
-
 @dg.asset_check(asset=cohort, blocking=True)
 def cohort_is_trainable(cohort: pd.DataFrame) -> dg.AssetCheckResult:
     """Blocking: admissions exist, train has positives, labels are 0/1, no patient in two splits."""
-    result = _outcome_result(expectations.validate_cohort(cohort))
+    result = outcome_result(expectations.validate_cohort(cohort))
     leaked = patients_in_two_splits(cohort)
     if len(leaked):
         return dg.AssetCheckResult(
@@ -109,4 +98,4 @@ def cohort_is_trainable(cohort: pd.DataFrame) -> dg.AssetCheckResult:
 @dg.asset_check(asset=cohort)
 def modalities_mostly_present(cohort: pd.DataFrame) -> dg.AssetCheckResult:
     """Warning: a modality present for under half of the admissions."""
-    return _outcome_result(expectations.validate_modality_coverage(cohort))
+    return outcome_result(expectations.validate_modality_coverage(cohort))

@@ -160,7 +160,9 @@ def fusion_model(
             )
 
         result = train_fusion(train, validation, train_config, on_epoch=on_epoch)
-        path = save_checkpoint(result.model, workdir.folder("models", context.run.run_id) / "fusion.pt")
+        path = save_checkpoint(
+            result.model, workdir.folder("models", context.run.run_id) / "fusion.pt"
+        )
         mlflow_api.log_artifact(str(path), artifact_path="checkpoint")
         mlflow_api.log_metric("best_val_auroc", result.best_val_auroc)
         run_id = run.info.run_id

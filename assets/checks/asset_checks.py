@@ -1,0 +1,121 @@
+"""Dagster asset checks that run the GX Core expectation suites of expectations.py.
+
+Blocking checks stop the run before training on something meaningless; warning checks flag what
+a person should look at. Results appear in the UI as check metadata.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow.parquet as pq
+
+from clinfuse.assets.checks import expectations
+from clinfuse.assets.features.text import allowed_note_rows
+from clinfuse.assets.features.window import read_window_labs
+from clinfuse.orchestration.resources import PipelineSettings
+
+LAB_SAMPLE_ROWS = 500_000  # labevents is checked on its first rows: MIMIC's is tens of GB
+
+
+def outcome_result(outcome: expectations.QualityOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
+        description=outcome.description,
+        metadata={
+            "failed_expectations": ", ".join(outcome.failed_expectations) or "none",
+            **{k: v for k, v in outcome.metadata.items() if isinstance(v, int | float | str)},
+        },
+    )
+
+
+@dg.asset_check(asset="patients", blocking=True)
+def patients_are_well_formed(patients: pd.DataFrame) -> dg.AssetCheckResult:
+    """Blocking: patients has its required columns and unique, non-null subject_ids (GX)."""
+    return outcome_result(expectations.validate_table("patients", patients))
+
+
+@dg.asset_check(asset="admissions", blocking=True)
+def admissions_are_well_formed(admissions: pd.DataFrame) -> dg.AssetCheckResult:
+    """Blocking: admissions exist, with ids, admit and discharge times in order (GX)."""
+    return outcome_result(expectations.validate_table("admissions", admissions))
+
+
+@dg.asset_check(asset="diagnoses_icd", blocking=True)
+def diagnoses_are_well_formed(diagnoses_icd: pd.DataFrame) -> dg.AssetCheckResult:
+    """Blocking: diagnoses have ids, codes and an ICD version (GX)."""
+    return outcome_result(expectations.validate_table("diagnoses_icd", diagnoses_icd))
+
+
+@dg.asset_check(asset="notes", blocking=True)
+def notes_are_well_formed(notes: pd.DataFrame) -> dg.AssetCheckResult:
+    """Blocking: notes have ids, a type and a time (GX)."""
+    return outcome_result(expectations.validate_table("notes", notes))
+
+
+def _lab_sample(labevents: Path) -> pd.DataFrame:
+    parquet = pq.ParquetFile(labevents)
+    frames, rows = [], 0
+    for group in range(parquet.num_row_groups):
+        frames.append(parquet.read_row_group(group).to_pandas())
+        rows += len(frames[-1])
+        if rows >= LAB_SAMPLE_ROWS:
+            break
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else parquet.schema_arrow.empty_table().to_pandas()
+    )
+
+
+@dg.asset_check(asset="labevents", blocking=True, additional_ins={"d_labitems": dg.AssetIn()})
+def labevents_are_well_formed(labevents: Path, d_labitems: pd.DataFrame) -> dg.AssetCheckResult:
+    """Blocking: labevents (its first rows) has its columns, ids and times (GX)."""
+    return outcome_result(expectations.validate_table("labevents", _lab_sample(labevents)))
+
+
+@dg.asset_check(asset="labevents", additional_ins={"d_labitems": dg.AssetIn()})
+def lab_values_are_plausible(labevents: Path, d_labitems: pd.DataFrame) -> dg.AssetCheckResult:
+    """Warning: well-known analytes (WBC, CRP, sodium, ...) mostly inside plausible ranges."""
+    return outcome_result(expectations.validate_lab_ranges(_lab_sample(labevents), d_labitems))
+
+
+@dg.asset_check(asset="dicom_index")
+def transfer_syntaxes_are_expected(dicom_index: pd.DataFrame) -> dg.AssetCheckResult:
+    """Warning: transfer syntaxes or photometric interpretations outside the expected sets."""
+    return outcome_result(expectations.validate_dicom_index(dicom_index))
+
+
+@dg.asset_check(
+    asset="lab_features",
+    blocking=True,
+    additional_ins={"cohort": dg.AssetIn(), "labevents": dg.AssetIn()},
+)
+def lab_features_come_from_the_window(
+    settings: PipelineSettings, cohort: pd.DataFrame, labevents: Path
+) -> dg.AssetCheckResult:
+    """Blocking: every lab row behind the features was charted inside its window."""
+    labs = read_window_labs(labevents, cohort, settings.window_hours)
+    return outcome_result(
+        expectations.validate_window(labs, cohort, settings.window_hours, "charttime")
+    )
+
+
+@dg.asset_check(
+    asset="note_features",
+    blocking=True,
+    additional_ins={"cohort": dg.AssetIn(), "notes": dg.AssetIn()},
+)
+def note_features_come_from_the_window(
+    settings: PipelineSettings, cohort: pd.DataFrame, notes: pd.DataFrame
+) -> dg.AssetCheckResult:
+    """Blocking: every note behind the text features is in its window and none is a "DS"."""
+    rows = allowed_note_rows(notes, cohort, settings.window_hours)
+    outcome = expectations.validate_window(rows, cohort, settings.window_hours, "charttime")
+    discharge = int(rows["note_type"].astype("string").str.strip().str.upper().eq("DS").sum())
+    if discharge:
+        return dg.AssetCheckResult(
+            passed=False, description=f"{discharge} discharge summaries reached the features"
+        )
+    return outcome_result(outcome)
