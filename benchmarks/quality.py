@@ -19,8 +19,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from clinfuse.orchestration.definitions import build_definitions
-from clinfuse.orchestration.runner import dagster_instance, run_pipeline
+from clinfuse.orchestration.runner import retrain, run_pipeline
 from clinfuse.synthetic import generate, truth_dir
 
 SINGLE = ("ehr", "text", "image", "audio")
@@ -30,17 +29,8 @@ def scores(labels: pd.Series, p: pd.Series) -> tuple[float, float]:
     return roc_auc_score(labels, p), average_precision_score(labels, p)
 
 
-def retrain(
-    landing: Path, workdir: Path, strategy: str, training: dict
-) -> tuple[pd.DataFrame, dict]:
-    defs = build_definitions(landing, workdir)
-    job = defs.resolve_job_def("retrain_and_evaluate")
-    config = {**training, "strategy": strategy}
-    run_config = {
-        "ops": {"fusion_model": {"config": config}, "modality_models": {"config": config}}
-    }
-    with dagster_instance(workdir) as instance:
-        result = job.execute_in_process(instance=instance, run_config=run_config)
+def retrain_strategy(landing: Path, workdir: Path, strategy: str, training: dict):
+    result = retrain(landing, workdir, {**training, "strategy": strategy})
     return result.output_for_node("predictions"), result.output_for_node("fusion_model")
 
 
@@ -69,7 +59,7 @@ def main() -> None:
     fusion_first = pd.read_json(tables / "fusion_model.json", typ="series")
     runs = {args.strategies[0]: (first, fusion_first)}
     for strategy in args.strategies[1:]:
-        runs[strategy] = retrain(landing, workdir, strategy, {"epochs": args.epochs})
+        runs[strategy] = retrain_strategy(landing, workdir, strategy, {"epochs": args.epochs})
 
     truth = pd.read_parquet(truth_dir(landing) / "admissions.parquet")
     test = first[first["split"] == "test"][["hadm_id", "label", *[f"p_{m}" for m in SINGLE]]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -43,6 +44,13 @@ class WorkDir(dg.ConfigurableResource):
     def folder(self, *parts: str) -> Path:
         folder = self.root.joinpath(*parts)
         folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def fresh_folder(self, *parts: str) -> Path:
+        """An empty folder: a rerun replaces what an earlier (or killed) run left, never appends."""
+        folder = self.root.joinpath(*parts)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
         return folder
 
     @property

@@ -120,3 +120,20 @@ def promote_model(
     if not result.success:
         raise PipelineFailed(_failure_reason(result))
     return result.output_for_node("champion")
+
+
+def retrain(
+    landing: Path, workdir: Path, training: dict[str, Any], config: Path | None = None
+) -> dg.ExecuteInProcessResult:
+    """Runs `retrain_and_evaluate` on the stored features with other hyper-parameters."""
+    settings, from_yaml = read_config(config)
+    defs = build_definitions(landing.resolve(), workdir.resolve(), settings)
+    job = defs.resolve_job_def("retrain_and_evaluate")
+    run_config = training_run_config({**from_yaml, **training})
+    with dagster_instance(workdir.resolve()) as instance:
+        result = job.execute_in_process(
+            instance=instance, run_config=run_config, raise_on_error=False
+        )
+    if not result.success:
+        raise PipelineFailed(_failure_reason(result))
+    return result

@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from clinfuse.orchestration.definitions import build_definitions
-from clinfuse.orchestration.runner import dagster_instance, run_pipeline
+from clinfuse.orchestration.runner import retrain, run_pipeline
 from tests.conftest import TINY_TRAINING
 
 pytestmark = pytest.mark.slow
@@ -49,18 +48,6 @@ def _kill_midway(landing: Path, workdir: Path, config: Path) -> None:
     assert not (workdir / "report.json").exists()
 
 
-def _retrain_shuffled(landing: Path, workdir: Path) -> dict:
-    defs = build_definitions(landing, workdir)
-    job = defs.resolve_job_def("retrain_and_evaluate")
-    config = {**TINY_TRAINING, "shuffle_labels": True}
-    run_config = {
-        "ops": {"fusion_model": {"config": config}, "modality_models": {"config": config}}
-    }
-    with dagster_instance(workdir) as instance:
-        result = job.execute_in_process(instance=instance, run_config=run_config)
-    return result.output_for_node("champion")
-
-
 def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
     workdir = tmp_path / "work"
     config = tmp_path / "run.yaml"
@@ -82,7 +69,8 @@ def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
     name = second["mlflow"]["model_name"]
     champion_before = client.get_registered_model(name).aliases["champion"]
 
-    worse = _retrain_shuffled(landing, workdir)
+    negative_control = {**TINY_TRAINING, "shuffle_labels": True}
+    worse = retrain(landing, workdir, negative_control).output_for_node("champion")
     assert worse["version"] == "3"
     assert worse["decision"]["promoted"] is False
     assert "AUROC" in worse["decision"]["reason"]

@@ -1,7 +1,5 @@
 """DICOM assets: one index row per file and the decoded images in memory-mappable shards."""
 
-import shutil
-
 import dagster as dg
 import pandas as pd
 
@@ -42,9 +40,7 @@ def dicom_studies(
 ):
     """Reads every file under dicom/ in a process pool: header, pixels, link to an admission."""
     size = settings.image_size
-    shard_dir = workdir.root / "shards" / "study_images"
-    shutil.rmtree(shard_dir, ignore_errors=True)  # a rerun replaces, never appends
-    shard_dir.mkdir(parents=True)
+    shard_dir = workdir.fresh_folder("shards", "study_images")
     if landing.has("dicom"):
         result = dicom_reader.ingest_dicom(
             landing.root,

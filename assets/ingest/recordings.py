@@ -1,7 +1,5 @@
 """Audio assets: one index row per manifest row and log-mel spectrograms in shards."""
 
-import shutil
-
 import dagster as dg
 import pandas as pd
 
@@ -41,9 +39,7 @@ def recordings(
 ):
     """Decodes every recording the manifest names, in a process pool, and links it."""
     audio = settings.settings().audio
-    shard_dir = workdir.root / "shards" / "recording_spectrograms"
-    shutil.rmtree(shard_dir, ignore_errors=True)
-    shard_dir.mkdir(parents=True)
+    shard_dir = workdir.fresh_folder("shards", "recording_spectrograms")
     if landing.has("audio"):
         result = audio_reader.ingest_audio(
             landing.root,
