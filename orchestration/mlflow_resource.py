@@ -34,11 +34,34 @@ class MLflowResource(dg.ConfigurableResource):
         return (Path(self.workdir).resolve() / "mlartifacts").as_uri()
 
     def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    @contextmanager
+    def activated(self) -> Iterator[None]:
+        """MLflow's fluent API (start_run, log_model, models:/ URIs) pointed at this store.
+
+        mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment; both are
+        put back afterwards, so a second pipeline in the same process (another work directory)
+        never writes into this one's store.
+        """
         import mlflow
 
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        return mlflow.MlflowClient(self.uri)
+        uri = self.uri
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+            mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
 
     def experiment_id(self) -> str:
         client = self.client()
@@ -53,7 +76,18 @@ class MLflowResource(dg.ConfigurableResource):
         import mlflow
 
         experiment_id = self.experiment_id()
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        with (
+            self.activated(),
+            mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run,
+        ):
+            yield run
+
+    @contextmanager
+    def resume_run(self, run_id: str) -> Iterator[object]:
+        """Logs more (evaluation, the model) into an earlier run."""
+        import mlflow
+
+        with self.activated(), mlflow.start_run(run_id=run_id) as run:
             yield run
 
     def ui_url(self, run_id: str, host: str = "http://127.0.0.1:5000") -> str:

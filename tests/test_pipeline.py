@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clinfuse.orchestration.mlflow_resource import MLflowResource
 from clinfuse.synthetic import truth_dir
 from tests.conftest import PHI_MARKERS
 
@@ -139,8 +140,9 @@ def test_the_champion_pyfunc_reproduces_the_pipeline_probabilities(pipeline_run)
         pipeline_run["landing"],
         24.0,
     )
-    mlflow.set_tracking_uri(block["tracking_uri"])
-    model = mlflow.pyfunc.load_model(f"models:/{block['model_name']}@champion")
+    store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(workdir))
+    with store.activated():
+        model = mlflow.pyfunc.load_model(f"models:/{block['model_name']}@champion")
     served = np.asarray(model.predict(frame), dtype=float)
     expected = pd.read_parquet(workdir / pipeline_run["report"]["predictions_path"])
     expected = expected.set_index("hadm_id").loc[test["hadm_id"], "p_fusion"].to_numpy()
@@ -156,6 +158,7 @@ def test_report_json_is_plain_json(pipeline_run):
 def test_mlflow_models_serve_answers_a_request(pipeline_run, tmp_path):
     """`mlflow models serve` on the champion (local env: nothing is installed or downloaded)."""
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -186,7 +189,10 @@ def test_mlflow_models_serve_answers_a_request(pipeline_run, tmp_path):
         str(port),
     ]
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # its own session: mlflow starts uvicorn as a child, and both must go at the end
+    server = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -219,5 +225,9 @@ def test_mlflow_models_serve_answers_a_request(pipeline_run, tmp_path):
         assert len(answer["predictions"]) == 1
         assert 0.0 < float(np.ravel(answer["predictions"])[0]) < 1.0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

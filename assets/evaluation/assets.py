@@ -113,8 +113,7 @@ def evaluation(
     }
     (folder / "evaluation.json").write_text(json.dumps(result, indent=1, default=str))
     run_id = fusion_model["mlflow_run_id"]
-    mlflow.client()
-    with mlflow_api.start_run(run_id=run_id):
+    with mlflow.resume_run(run_id):
         mlflow_api.log_metrics(
             {
                 f"test_{model}_{k}": v

@@ -103,7 +103,7 @@ def registered_model(
     (folder / "settings.json").write_text(json.dumps(dataclasses.asdict(settings.settings())))
     artifacts["settings"] = str(folder / "settings.json")
     client = mlflow.client()
-    with mlflow_api.start_run(run_id=run_id):
+    with mlflow.resume_run(run_id):
         info = mlflow_api.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_CODE),
@@ -119,7 +119,8 @@ def registered_model(
         "test_auroc": str(tables["evaluation"]["metrics"]["fusion"].get("auroc")),
         "strategy": fusion["strategy"],
     }
-    version = registry.register_version(client, name, run_id, info.model_uri, tags)
+    with mlflow.activated():  # resolving models:/m-<id> goes through the fluent API
+        version = registry.register_version(client, name, run_id, info.model_uri, tags)
     result = {
         "tracking_uri": mlflow.uri,
         "model_name": name,
@@ -177,7 +178,8 @@ def champion(
     champion_numbers = None
     if current is not None and str(current.version) != version:
         chosen, frame = _serving_rows(landing, settings, tables, ("validation", "test"))
-        champion_numbers = champion_metrics_now(f"models:/{name}@champion", chosen, frame)
+        with mlflow.activated():
+            champion_numbers = champion_metrics_now(f"models:/{name}@champion", chosen, frame)
     decision = registry.promote(
         client,
         name,
