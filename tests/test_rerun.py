@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from clinfuse.orchestration.cli import main
 from clinfuse.orchestration.runner import retrain, run_pipeline
 from tests.conftest import TINY_TRAINING
 
@@ -77,3 +78,25 @@ def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
     assert client.get_registered_model(name).aliases["champion"] == champion_before
     assert client.get_model_version(name, "3").tags["promotion.decision"] == "refused"
     assert sorted(worse["aliases"]) == ["challenger"]
+
+    # a person overrides the gate through the CLI: recorded as forced, with their note
+    code = main(
+        [
+            "promote",
+            "--landing",
+            str(landing),
+            "--workdir",
+            str(workdir),
+            "--force",
+            "--note",
+            "pytest: override check",
+        ]
+    )
+    assert code == 0
+    assert str(client.get_registered_model(name).aliases["champion"]) == "3"
+    tags = client.get_model_version(name, "3").tags
+    assert tags["promotion.forced"] == "true"
+    assert tags["promotion.force_note"] == "pytest: override check"
+    assert (
+        client.get_model_version(name, str(champion_before)).tags["promotion.superseded_by"] == "3"
+    )

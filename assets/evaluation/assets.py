@@ -74,9 +74,12 @@ def evaluation(
     metrics, thresholds = score_models(predictions)
     threshold = thresholds.get("fusion", m.DEFAULT_THRESHOLD)
     test = predictions[predictions["split"] == "test"].reset_index(drop=True)
-    intervals = m.bootstrap_intervals(
-        test["label"], test["p_fusion"], threshold, groups=test["subject_id"]
-    )
+    intervals = {
+        model: m.bootstrap_intervals(
+            test["label"], test[f"p_{model}"], thresholds[model], groups=test["subject_id"]
+        )
+        for model in thresholds
+    }
     removed = ablation(predictions, threshold)
     frame = pd.DataFrame({"sex": test["gender"], "age_band": test["anchor_age"].map(m.age_band)})
     subgroups = m.subgroup_metrics(test["label"], test["p_fusion"], threshold, frame)
@@ -91,7 +94,7 @@ def evaluation(
             **cohort["split"].value_counts().to_dict(),
         },
         metrics=metrics,
-        intervals=intervals,
+        intervals=intervals["fusion"],
         ablation=removed,
         subgroups=subgroups,
         limits=[
@@ -106,7 +109,9 @@ def evaluation(
         "threshold": threshold,
         "thresholds": thresholds,
         "metrics": metrics,
-        "intervals": {k: list(v) for k, v in intervals.items()},
+        "intervals": {
+            model: {k: list(v) for k, v in bounds.items()} for model, bounds in intervals.items()
+        },
         "ablation": removed,
         "test_admissions": len(test),
         "mlflow_run_id": fusion_model["mlflow_run_id"],
@@ -120,6 +125,15 @@ def evaluation(
                 for model, row in metrics.items()
                 for k, v in row.items()
                 if isinstance(v, int | float)
+            }
+        )
+        mlflow_api.log_metrics(
+            {
+                f"test_{model}_{k}_ci{side}": bound
+                for model, bounds in intervals.items()
+                for k, pair in bounds.items()
+                for side, bound in zip(("low", "high"), pair, strict=True)
+                if isinstance(bound, int | float)
             }
         )
         for path in [
