@@ -19,6 +19,7 @@ from clinfuse.assets.evaluation import predictions as prediction_assets
 from clinfuse.assets.evaluation import registry_assets
 from clinfuse.assets.features import assets as feature_assets
 from clinfuse.assets.ingest import accounting, ehr, imaging, recordings
+from clinfuse.assets.ingest.landing import LANDING_ASSETS
 from clinfuse.assets.settings import Settings, load_settings
 from clinfuse.assets.training import assets as training_assets
 from clinfuse.orchestration.io_manager import ParquetIOManagerFactory
@@ -48,7 +49,7 @@ def build_definitions(
     """Every asset, check, job, schedule and sensor, bound to one landing zone and work dir."""
     workdir = Path(workdir).expanduser().resolve()
     settings = settings or Settings()
-    assets = dg.load_assets_from_modules(ASSET_MODULES)
+    assets = [*LANDING_ASSETS, *dg.load_assets_from_modules(ASSET_MODULES)]
     checks = dg.load_asset_checks_from_modules(ASSET_MODULES)
     return dg.Definitions(
         assets=assets,

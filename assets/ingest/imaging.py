@@ -29,6 +29,7 @@ GROUP = "ingest"
         ),
     },
     group_name=GROUP,
+    deps=["landing_dicom"],
 )
 def dicom_studies(
     context: dg.AssetExecutionContext,

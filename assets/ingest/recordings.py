@@ -28,6 +28,7 @@ GROUP = "ingest"
         ),
     },
     group_name=GROUP,
+    deps=["landing_audio"],
 )
 def recordings(
     context: dg.AssetExecutionContext,
