@@ -225,10 +225,10 @@ def _first_panel(adm: AdmissionPlan, rng: np.random.Generator) -> list[LabRow]:
     rows = []
     for channel, item in SIGNAL_ITEMS.items():
         value = adm.observed[channel]
-        rows.append(_row(adm, hadm, item, when, value, rng, priority))
+        rows.append(_lab(adm.subject_id, hadm, item, when, value, rng, priority))
     extra = CBC + CHEMISTRY + ((50813,) if rng.random() < 0.6 else ())
     rows += [
-        _row(adm, hadm, ITEMS[i], when, _nuisance_value(ITEMS[i], rng), rng, priority)
+        _lab(adm.subject_id, hadm, ITEMS[i], when, _nuisance_value(ITEMS[i], rng), rng, priority)
         for i in extra
     ]
     return rows
@@ -239,7 +239,7 @@ def _nuisance_panel(
 ) -> list[LabRow]:
     hadm = None if rng.random() < 0.1 else adm.hadm_id
     return [
-        _row(adm, hadm, ITEMS[i], when, _nuisance_value(ITEMS[i], rng), rng, "ROUTINE")
+        _lab(adm.subject_id, hadm, ITEMS[i], when, _nuisance_value(ITEMS[i], rng), rng, "ROUTINE")
         for i in itemids
     ]
 
@@ -260,7 +260,7 @@ def _late_panel(adm: AdmissionPlan, rng: np.random.Generator) -> list[LabRow]:
     for channel in LATE_ITEMS:
         score = adm.late_scores["ehr"] + float(rng.normal(0.0, 0.5))
         value, _ = ev.lab_reading(channel, score)
-        row = _row(adm, adm.hadm_id, SIGNAL_ITEMS[channel], when, value, rng, "ROUTINE")
+        row = _lab(adm.subject_id, adm.hadm_id, SIGNAL_ITEMS[channel], when, value, rng, "ROUTINE")
         row.late = True
         rows.append(row)
     return rows
@@ -284,18 +284,6 @@ def _nuisance_value(item: LabItem, rng: np.random.Generator) -> float | None:
     draw = float(rng.normal(0.0, item.spread))
     raw = item.center * math.exp(draw) if item.log else item.center + draw
     return round(max(raw, 0.0), item.decimals)
-
-
-def _row(
-    adm: AdmissionPlan,
-    hadm: int | None,
-    item: LabItem,
-    when: datetime,
-    value: float | None,
-    rng: np.random.Generator,
-    priority: str | None,
-) -> LabRow:
-    return _lab(adm.subject_id, hadm, item, when, value, rng, priority)
 
 
 def _lab(
