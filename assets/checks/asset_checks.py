@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 
 from clinfuse.assets.checks import expectations
 from clinfuse.assets.features.text import allowed_note_rows
-from clinfuse.assets.features.window import read_window_labs
 from clinfuse.orchestration.resources import PipelineSettings
 
 LAB_SAMPLE_ROWS = 500_000  # labevents is checked on its first rows: MIMIC's is tens of GB
@@ -90,15 +89,14 @@ def transfer_syntaxes_are_expected(dicom_index: pd.DataFrame) -> dg.AssetCheckRe
 @dg.asset_check(
     asset="lab_features",
     blocking=True,
-    additional_ins={"cohort": dg.AssetIn(), "labevents": dg.AssetIn()},
+    additional_ins={"cohort": dg.AssetIn(), "window_labs": dg.AssetIn()},
 )
 def lab_features_come_from_the_window(
-    settings: PipelineSettings, cohort: pd.DataFrame, labevents: Path
+    settings: PipelineSettings, cohort: pd.DataFrame, window_labs: pd.DataFrame
 ) -> dg.AssetCheckResult:
     """Blocking: every lab row behind the features was charted inside its window."""
-    labs = read_window_labs(labevents, cohort, settings.window_hours)
     return outcome_result(
-        expectations.validate_window(labs, cohort, settings.window_hours, "charttime")
+        expectations.validate_window(window_labs, cohort, settings.window_hours, "charttime")
     )
 
 

@@ -19,30 +19,37 @@ def _train(cohort: pd.DataFrame) -> pd.DataFrame:
     return cohort[cohort["split"] == "train"]
 
 
+@dg.asset(group_name=GROUP, kinds={"pyarrow", "parquet"}, owners=OWNERS)
+def window_labs(settings: PipelineSettings, cohort: pd.DataFrame, labevents: Path) -> pd.DataFrame:
+    """Lab rows of cohort admissions charted inside their prediction window.
+
+    labevents is streamed once here; the featurizer, the features and their window check read
+    this small table instead of the whole (tens of GB at MIMIC scale) labevents again.
+    """
+    return read_window_labs(labevents, cohort, settings.window_hours)
+
+
 @dg.asset(group_name=GROUP, kinds={"scikitlearn"}, owners=OWNERS)
-def lab_featurizer(
-    settings: PipelineSettings, cohort: pd.DataFrame, labevents: Path, patients: pd.DataFrame
-) -> dict:
+def lab_featurizer(cohort: pd.DataFrame, window_labs: pd.DataFrame, patients: pd.DataFrame) -> dict:
     """Which lab items to use and their robust scaling, fitted on train admissions only."""
-    labs = read_window_labs(labevents, cohort, settings.window_hours)
     train_ids = set(_train(cohort)["hadm_id"])
-    train_labs = labs[labs["hadm_id"].isin(train_ids)]  # nothing of the other splits is seen
+    train_labs = window_labs[
+        window_labs["hadm_id"].isin(train_ids)
+    ]  # nothing of the other splits is seen
     return LabFeaturizer().fit(train_labs, _train(cohort), patients).to_dict()
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS)
 def lab_features(
     context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
     cohort: pd.DataFrame,
-    labevents: Path,
+    window_labs: pd.DataFrame,
     patients: pd.DataFrame,
     lab_featurizer: dict,
 ) -> pd.DataFrame:
     """Per admission: window aggregates of each lab item, missing indicators, age and sex."""
-    labs = read_window_labs(labevents, cohort, settings.window_hours)
     featurizer = LabFeaturizer.from_dict(lab_featurizer)
-    table = featurizer.transform(labs, cohort, patients)
+    table = featurizer.transform(window_labs, cohort, patients)
     context.add_output_metadata({"features": len(featurizer.feature_names_)})
     return table.reset_index()
 
