@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from clinfuse.assets.ingest import dicom_reader
 from clinfuse.assets.ingest.dicom_header import uid_key
-from clinfuse.assets.ingest.dicom_pixels import ScalePercentiles
+from clinfuse.assets.ingest.dicom_pixels import ResizeArea, ScalePercentiles
 from clinfuse.assets.ingest.dicom_reader import (
     INDEX_DTYPES,
     ImageError,
@@ -282,6 +282,18 @@ def test_scale_percentiles_matches_monai() -> None:
     image = np.random.default_rng(2).gamma(2.0, 300.0, size=(1, 40, 40)).astype(np.float32)
     monai = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)(image)
     np.testing.assert_allclose(ScalePercentiles()(image), np.asarray(monai), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (300, 211), (64, 64), (17, 90), (2048, 1536)])
+def test_resize_area_is_monai_resize_bit_for_bit(shape: tuple[int, int]) -> None:
+    """ResizeArea calls torch directly; the images must be MONAI Resize's, to the bit."""
+    from monai.transforms import Resize
+
+    image = np.random.default_rng(4).gamma(2.0, 300.0, size=(1, *shape)).astype(np.float32)
+    monai = np.asarray(Resize((SIZE, SIZE), mode="area")(image).numpy())
+    ours = ResizeArea(SIZE)(image)
+    assert ours.dtype == np.float32 and ours.shape == (1, SIZE, SIZE)
+    np.testing.assert_array_equal(ours, monai)
 
 
 # --- linking, manifest, duplicates ---------------------------------------------------------
