@@ -31,12 +31,11 @@ import hashlib
 import io
 import itertools
 import math
-import multiprocessing as mp
 import os
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -47,6 +46,7 @@ import soundfile as sf
 
 from clinfuse.assets.ingest.audio_manifest import read_manifest, read_manifest_records
 from clinfuse.assets.ingest.linking import link_to_admissions
+from clinfuse.assets.ingest.pool import process_pool
 from clinfuse.assets.ingest.quarantine import (
     DUPLICATE_RECORDING,
     EMPTY_RECORDING,
@@ -61,7 +61,6 @@ from clinfuse.assets.ingest.shards import ShardWriter
 from clinfuse.assets.settings import AudioSettings
 
 MANIFEST = "audio/manifest.csv"
-FEATURES_MODULE = "clinfuse.assets.ingest.audio_features"
 SHARD_PREFIX = "recording"
 INDEX_DTYPES = {
     "path": "string",
@@ -268,23 +267,6 @@ def _single_threaded() -> contextlib.AbstractContextManager:
     return threadpool_limits(1)
 
 
-def _init_worker() -> None:
-    _single_threaded()  # for the worker's lifetime: nothing else runs there
-
-
-def _pool_context() -> mp.context.BaseContext:
-    """forkserver where there is one: never fork() a parent that runs threads (Dagster does), and
-    unlike spawn, workers fork from a server that already imported numpy, librosa's feature
-    stack and this module, so a worker starts in milliseconds instead of seconds. (The preload
-    list is process-global and only read when the server starts; another pool that started it
-    first just means our modules are imported per worker.)"""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__, FEATURES_MODULE])
-    return context
-
-
 def _outcomes(
     jobs: list[tuple[int, str]], settings: AudioSettings, workers: int
 ) -> Iterator[tuple[int, _Outcome]]:
@@ -300,7 +282,7 @@ def _outcomes(
             yield key, examine_file(path, settings)
         return
     batches = (jobs[at : at + BATCH] for at in range(0, len(jobs), BATCH))
-    with ProcessPoolExecutor(workers, _pool_context(), initializer=_init_worker) as pool:
+    with process_pool(workers) as pool:  # pool.py: a fork server shared with DICOM
 
         def submit(batch: list[tuple[int, str]]) -> tuple[list[int], Future[list[_Outcome]]]:
             keys, paths = zip(*batch, strict=True)

@@ -22,10 +22,8 @@ A file is rejected, in this order, when it
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import itertools
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +40,7 @@ from clinfuse.assets.ingest.dicom_header import Header, parse_dicom, quiet, read
 from clinfuse.assets.ingest.dicom_manifest import MANIFEST, ManifestEntry, read_manifest
 from clinfuse.assets.ingest.dicom_pixels import ImageError, dataset_image
 from clinfuse.assets.ingest.linking import link_to_admissions
+from clinfuse.assets.ingest.pool import process_pool
 from clinfuse.assets.ingest.quarantine import (
     DUPLICATE_INSTANCE,
     NOT_DICOM,
@@ -182,16 +181,6 @@ def read_chunk(dicom_dir: str, relatives: list[str], image_size: int) -> list[Fi
     return [read_file(dicom_dir, relative, image_size) for relative in relatives]
 
 
-def _init_worker() -> None:
-    # The fork server's modules (MONAI, torch) are shared copy-on-write; the garbage collector
-    # would touch every inherited object and copy its page, so they are left out of collection.
-    gc.freeze()
-    # One thread per process: the pool already uses every core; torch would oversubscribe.
-    import torch
-
-    torch.set_num_threads(1)
-
-
 # --- the pool --------------------------------------------------------------------------------
 
 
@@ -278,12 +267,9 @@ def _require_working_pool() -> None:
 
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver, not fork: the parent (Dagster) has threads, and forking a threaded process
-    # can deadlock. The server imports this module and MONAI once (seconds); workers fork
-    # from it ready to go.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "monai.transforms"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    # The fork server imports this module and torch once; workers fork from it ready to go
+    # (pool.py says why it is shared with the audio reader).
+    return process_pool(workers)
 
 
 # --- in the parent: link, de-duplicate, shard ------------------------------------------------
