@@ -203,6 +203,34 @@ def test_reading_only_the_prefix_matches_resampling_everything(rate):
     np.testing.assert_allclose(prefix, full, atol=0.05)  # dB
 
 
+@pytest.mark.parametrize(
+    "settings", [SETTINGS, AudioSettings(sample_rate=8000, seconds=3, n_mels=40, n_fft=512)]
+)
+def test_log_mel_is_librosa_melspectrogram_bit_for_bit(settings):
+    """log_mel reuses one mel filter bank; the dB values must be librosa's own, to the bit."""
+    from librosa import power_to_db
+    from librosa.feature import melspectrogram
+
+    from clinfuse.assets.ingest import audio_features as af
+
+    rng = np.random.default_rng(5)
+    for _ in range(3):  # the cached filter bank must not drift between calls
+        signal = (0.2 * rng.standard_normal(af.target_samples(settings))).astype(np.float32)
+        power = melspectrogram(
+            y=signal,
+            sr=settings.sample_rate,
+            n_fft=settings.n_fft,
+            hop_length=settings.hop_length,
+            n_mels=settings.n_mels,
+            fmax=settings.sample_rate / 2,
+            center=True,
+            pad_mode="constant",
+            power=2.0,
+        )
+        db = power_to_db(power, ref=af.REFERENCE_POWER, amin=af.MIN_POWER, top_db=None)
+        np.testing.assert_array_equal(af.log_mel(signal, settings), db.astype(np.float32)[None])
+
+
 def test_bytes_and_path_give_the_same_features(tmp_path):
     path = tmp_path / "x.flac"
     sf.write(path, _tone(3, 16000, channels=2), 16000, format="FLAC")
