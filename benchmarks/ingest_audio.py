@@ -135,8 +135,11 @@ class TreeMonitor:
 # --- the landing zone ---------------------------------------------------------------------------
 
 
-def synthesise(landing: Path, recordings: int, seed: int = 0) -> None:
-    """N recordings of tones in noise, a manifest naming them, and matching ehr tables."""
+def synthesise(
+    landing: Path, recordings: int, seed: int = 0, seconds: tuple[float, float] = (3, 20)
+) -> None:
+    """N recordings of tones in noise, lengths uniform in `seconds`, a manifest naming them, and
+    matching ehr tables."""
     rng = np.random.default_rng(seed)
     audio = landing / "audio"
     (audio / "rec").mkdir(parents=True, exist_ok=True)
@@ -156,8 +159,8 @@ def synthesise(landing: Path, recordings: int, seed: int = 0) -> None:
     rows = []
     for number in range(recordings):
         file_format, subtype, rate, channels = FORMATS[number % len(FORMATS)]
-        seconds = rng.uniform(3, 20)
-        t = np.arange(int(seconds * rate)) / rate
+        length = rng.uniform(*seconds)
+        t = np.arange(int(length * rate)) / rate
         tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 1500) * t)
         wave = tone[:, None] + 0.05 * rng.standard_normal((len(t), channels))
         name = f"rec/{number:06d}.{file_format.lower()}"
