@@ -8,6 +8,7 @@ DataLoader workers each open their own maps instead of inheriting (or pickling) 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,11 +94,23 @@ class _LazyShards:
 class AdmissionDataset(Dataset):
     """Rows `indices` of `inputs` as dicts of tensors; a missing modality is zeros, mask False."""
 
-    def __init__(self, inputs: ModalityInputs, indices: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        inputs: ModalityInputs,
+        indices: np.ndarray | None = None,
+        augment: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    ) -> None:
         self.inputs = inputs
         rows = np.arange(len(inputs)) if indices is None else np.asarray(indices)
         self.indices = rows.astype(np.int64)
+        self.augment = dict(augment or {})  # modality -> transform of a present item
         self._shards = _LazyShards()
+
+    def augmented(
+        self, augment: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
+    ) -> AdmissionDataset:
+        """The same rows, with `augment[m]` applied to each present item of modality m."""
+        return AdmissionDataset(self.inputs, self.indices, augment)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -122,14 +135,16 @@ class AdmissionDataset(Dataset):
         return mask
 
     def _item(
-        self, present: bool, directory: Path | None, ref: ShardRef, shape: tuple
+        self, modality: str, present: bool, directory: Path | None, ref: ShardRef, shape: tuple
     ) -> torch.Tensor:
         if not present:
             return torch.zeros(shape, dtype=torch.float32)
         array = self._shards.get(Path(directory), ref)
         if array.shape != shape:
             raise ValueError(f"shard item {ref} has shape {array.shape}, expected {shape}")
-        return torch.from_numpy(np.asarray(array, dtype=np.float32))  # float16 -> a fresh copy
+        item = torch.from_numpy(np.asarray(array, dtype=np.float32))  # float16 -> a fresh copy
+        transform = self.augment.get(modality)
+        return item if transform is None else transform(item)
 
     def _vector(self, values: np.ndarray, row: int, present: bool) -> torch.Tensor:
         vector = np.array(values[row], dtype=np.float32)  # copy: never hand out a view
@@ -144,10 +159,10 @@ class AdmissionDataset(Dataset):
             "ehr": self._vector(inputs.ehr, row, mask[EHR]),
             "text": self._vector(inputs.text, row, mask[TEXT]),
             "image": self._item(
-                mask[IMAGE], inputs.image_dir, inputs.image_refs[row], inputs.image_shape
+                "image", mask[IMAGE], inputs.image_dir, inputs.image_refs[row], inputs.image_shape
             ),
             "audio": self._item(
-                mask[AUDIO], inputs.audio_dir, inputs.audio_refs[row], inputs.audio_shape
+                "audio", mask[AUDIO], inputs.audio_dir, inputs.audio_refs[row], inputs.audio_shape
             ),
             "mask": torch.from_numpy(mask),
             "label": torch.tensor(float("nan") if labels is None else float(labels[row])),

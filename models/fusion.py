@@ -4,9 +4,15 @@ A missing modality is masked out everywhere: its encoder only ever sees the admi
 have it (rows are gathered, encoded, and scattered back into zeros), and each fusion head
 ignores its embedding. So what a missing slot holds can never change a prediction, and a
 single-modality model still scores admissions without its modality (from a learned prior).
+
+Every strategy also carries one head per modality (`UnimodalHeads`): late fusion sums their
+evidence, and training supervises each one on its own modality (`TrainConfig.unimodal_loss`),
+which keeps a strong modality from starving the others' encoders of gradient.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -15,6 +21,12 @@ from clinfuse.models.data import MODALITIES
 from clinfuse.models.encoders import build_encoder
 
 STRATEGIES = ("early", "late", "attention")
+
+
+class FusionOutputs(NamedTuple):
+    logit: torch.Tensor  # (B,) the fused prediction
+    unimodal: torch.Tensor  # (B, M) each modality's own logit; only meaningful where present
+    present: torch.Tensor  # (B, M) bool
 
 
 def _head(in_dim: int, width: int, dropout: float) -> nn.Sequential:
@@ -30,29 +42,50 @@ class EarlyFusion(nn.Module):
         super().__init__()
         self.head = _head(count * width + count, width, dropout)
 
-    def forward(self, embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, present: torch.Tensor, evidence: torch.Tensor
+    ) -> torch.Tensor:
         flat = embeddings.flatten(1)
         return self.head(torch.cat([flat, present.to(flat.dtype)], dim=1)).squeeze(1)
 
 
-class LateFusion(nn.Module):
-    """A logit per modality, averaged with learned weights renormalised over those present."""
+class UnimodalHeads(nn.Module):
+    """Each modality's own evidence: a logit offset from one modality's embedding alone.
+
+    `prior + evidence[:, i]` is the unimodal model of modality i. Training supervises it on the
+    admissions that have the modality (an auxiliary loss, see training.py), so every encoder
+    learns to predict on its own instead of leaning on the strongest modality; late fusion sums
+    these offsets.
+    """
 
     def __init__(self, count: int, width: int, dropout: float):
         super().__init__()
         self.heads = nn.ModuleList(_head(width, width, dropout) for _ in range(count))
-        self.scores = nn.Parameter(torch.zeros(count))  # softmax weights, equal at the start
-        self.prior = nn.Parameter(torch.zeros(()))  # the logit when nothing is present
+        self.prior = nn.Parameter(torch.zeros(()))  # the logit with no evidence at all
 
-    def forward(self, embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        logits = torch.cat([h(embeddings[:, i]) for i, h in enumerate(self.heads)], dim=1)
-        logits = logits.float().masked_fill(~present, 0.0)
-        # exp(score - max) * present: a masked softmax without -inf, whose gradient stays finite
-        # for rows with nothing present (they take the prior instead).
-        weights = torch.exp(self.scores - self.scores.max()) * present
-        total = weights.sum(dim=1)
-        mixed = (weights * logits).sum(dim=1) / total.clamp_min(1e-12)
-        return torch.where(total > 0, mixed, self.prior.to(mixed.dtype))
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, count) float32 evidence per modality (meaningless where a modality is absent)."""
+        return torch.cat([h(embeddings[:, i]) for i, h in enumerate(self.heads)], dim=1).float()
+
+
+class LateFusion(nn.Module):
+    """The prior plus the sum of the present modalities' evidence, each with a learned weight.
+
+    A sum, not an average: evidence from independent sources adds up in log-odds (naive Bayes),
+    so an admission with three concordant modalities is more certain than one with a single
+    modality, and a missing modality simply contributes nothing.
+    """
+
+    def __init__(self, count: int, width: int, dropout: float):
+        super().__init__()
+        self.weights = nn.Parameter(torch.ones(count))
+        self.prior = nn.Parameter(torch.zeros(()))
+
+    def forward(
+        self, embeddings: torch.Tensor, present: torch.Tensor, evidence: torch.Tensor
+    ) -> torch.Tensor:
+        weighted = (evidence * self.weights).masked_fill(~present, 0.0)
+        return self.prior + weighted.sum(dim=1)
 
 
 class AttentionFusion(nn.Module):
@@ -76,7 +109,9 @@ class AttentionFusion(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, 1)
 
-    def forward(self, embeddings: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, present: torch.Tensor, evidence: torch.Tensor
+    ) -> torch.Tensor:
         tokens = embeddings + self.type_tokens.to(embeddings.dtype)
         cls = self.cls.to(tokens.dtype).expand(len(tokens), -1, -1)
         padding = torch.cat([present.new_zeros(len(present), 1), ~present], dim=1)
@@ -134,6 +169,7 @@ class FusionModel(nn.Module):
         self.encoders = nn.ModuleDict(
             {m: build_encoder(m, **shapes, width=width, dropout=dropout) for m in modalities}
         )
+        self.unimodal = UnimodalHeads(len(modalities), self.width, dropout)
         self.fusion = FUSIONS[strategy](len(modalities), self.width, dropout)
 
     def present(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -153,6 +189,13 @@ class FusionModel(nn.Module):
             slots.append(slot)
         return torch.stack(slots, dim=1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def outputs(self, batch: dict[str, torch.Tensor]) -> FusionOutputs:
+        """The fused logit and, for the auxiliary loss, each modality's own logit."""
         present = self.present(batch)
-        return self.fusion(self.embed(batch, present), present).float()
+        embeddings = self.embed(batch, present)
+        evidence = self.unimodal(embeddings)
+        logit = self.fusion(embeddings, present, evidence).float()
+        return FusionOutputs(logit, self.unimodal.prior + evidence, present)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.outputs(batch).logit

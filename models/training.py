@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -13,8 +13,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from clinfuse.models.augment import augmentations
 from clinfuse.models.data import MODALITIES, AdmissionDataset
-from clinfuse.models.fusion import FusionModel
+from clinfuse.models.fusion import FusionModel, FusionOutputs
 from clinfuse.models.runtime import autocast, autocast_dtype, reproducible, resolve_device
 
 GRAD_CLIP = 5.0  # a safety net against one bad batch, not a tuned hyper-parameter
@@ -36,6 +37,16 @@ class TrainConfig:
     modalities: tuple[str, ...] = MODALITIES
     amp: bool = True
     dropout: float = 0.1
+    # Weight of the auxiliary loss on each modality's own head (0: off). Without it, joint
+    # training fits the easiest modality first and the slower encoders (the CNNs) stop learning
+    # once the fused loss is low: "modality competition" (Wang et al., CVPR 2020; Du et al.,
+    # ICML 2023).
+    unimodal_loss: float = 1.0
+    augment: bool = True  # MONAI augmentation of train images and spectrograms (augment.py)
+    # Two stages for a model of several modalities: each encoder (with its unimodal head) is
+    # first trained alone, with its own early stopping, then frozen while the fusion head learns
+    # (see train_fusion). False: everything is trained jointly from the start.
+    pretrain: bool = False
 
 
 @dataclass
@@ -45,6 +56,9 @@ class TrainResult:
     best_epoch: int = 0
     best_val_auroc: float = math.nan  # NaN when validation has a single class
     device: str = "cpu"
+    # Stage one (config.pretrain): each modality's history and best validation AUROC alone.
+    pretraining: dict[str, list[dict]] = field(default_factory=dict)
+    pretrained_val_auroc: dict[str, float] = field(default_factory=dict)
 
 
 def build_model(dataset: AdmissionDataset, config: TrainConfig) -> FusionModel:
@@ -122,20 +136,31 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 class _Trainer:
     """Model, optimiser and precision of one run: `train_epoch` and `validate` do one pass each."""
 
-    def __init__(self, model: FusionModel, config: TrainConfig, device: torch.device, pos: float):
+    def __init__(
+        self,
+        model: FusionModel,
+        config: TrainConfig,
+        device: torch.device,
+        pos: float,
+        frozen: list[nn.Module] | None = None,
+    ):
         self.model = model.to(device)
         self.config = config
         self.device = device
+        self.frozen = frozen or []  # kept in eval mode: no dropout noise, no updates
         self.dtype = autocast_dtype(device, config.amp)
         self.criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos, device=device))
+        trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            trainable, lr=config.lr, weight_decay=config.weight_decay
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.mask_rng = torch.Generator().manual_seed(config.seed + 1)
 
     def train_epoch(self, loader: DataLoader) -> float:
         self.model.train()
+        for module in self.frozen:
+            module.eval()
         total, count = 0.0, 0
         for batch in loader:
             batch["mask"] = drop_modalities(
@@ -146,8 +171,9 @@ class _Trainer:
             )
             batch = to_device(batch, self.device)
             with autocast(self.device, self.dtype):
-                logits = self.model(batch)
-            loss = self.criterion(logits.float(), batch["label"])
+                outputs = self.model.outputs(batch)
+            loss = self.loss(outputs, batch["label"])
+            logits = outputs.logit
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -157,6 +183,24 @@ class _Trainer:
             total += float(loss.detach()) * len(logits)
             count += len(logits)
         return total / max(count, 1)
+
+    def loss(self, outputs: FusionOutputs, labels: torch.Tensor) -> torch.Tensor:
+        """Weighted BCE of the fused logit, plus the unimodal heads' mean BCE where present."""
+        loss = self.criterion(outputs.logit.float(), labels)
+        if self.config.unimodal_loss <= 0 or self.frozen:
+            return loss
+        present = outputs.present.float()
+        each = nn.functional.binary_cross_entropy_with_logits(
+            outputs.unimodal.float(),
+            labels[:, None].expand_as(present),
+            pos_weight=self.criterion.pos_weight,
+            reduction="none",
+        )
+        per_modality = (each * present).sum(0) / present.sum(0).clamp_min(1.0)
+        used = present.sum(0) > 0
+        if not used.any():
+            return loss
+        return loss + self.config.unimodal_loss * per_modality[used].mean()
 
     def validate(self, loader: DataLoader) -> tuple[float, float | None]:
         logits, labels = predict_logits(self.model, loader, self.device, self.dtype)
@@ -187,6 +231,15 @@ def train_fusion(
 ) -> TrainResult:
     """Trains a FusionModel; returns the weights of the epoch with the best validation AUROC.
 
+    With `config.pretrain` and several modalities, training has two stages:
+    1. each modality's encoder and unimodal head are trained as a single-modality model (the
+       same code path), each stopped at its own best validation AUROC;
+    2. the encoders and unimodal heads are frozen and only the fusion head learns.
+    Joint training from scratch lets the quickest modalities (labs, notes: best by epoch 2-3)
+    stop training while the CNNs are still learning, and then overfits them; staged, every
+    encoder gets the epochs it needs. `history` and `on_epoch` cover stage 2 (the only stage
+    otherwise); stage 1's histories are in `pretraining`.
+
     The validation loss uses the same class weighting as training, so the two are comparable.
     Each history row is {epoch, train_loss, val_loss, val_auroc (None: one class), seconds}.
     """
@@ -194,9 +247,32 @@ def train_fusion(
     if labels is None or not len(train):
         raise ValueError("train_fusion needs a non-empty, labelled training set")
     device = resolve_device(config.device)
+    if config.augment:
+        train = train.augmented(augmentations(train.inputs.image_shape, config.seed))
+    pretrained: dict[str, TrainResult] = {}
+    if config.pretrain and len(config.modalities) > 1:
+        for modality in config.modalities:
+            alone = replace(config, modalities=(modality,), modality_dropout=0.0, augment=False)
+            pretrained[modality] = _train(train, validation, alone, device, None)
+    result = _train(train, validation, config, device, on_epoch, pretrained)
+    result.model.requires_grad_(True)  # frozen only for stage 2; fine-tuning it stays possible
+    result.pretraining = {m: r.history for m, r in pretrained.items()}
+    result.pretrained_val_auroc = {m: r.best_val_auroc for m, r in pretrained.items()}
+    return result
+
+
+def _train(
+    train: AdmissionDataset,
+    validation: AdmissionDataset,
+    config: TrainConfig,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None,
+    pretrained: dict[str, TrainResult] | None = None,
+) -> TrainResult:
     with reproducible(device, config.seed):
         model = build_model(train, config)
-        trainer = _Trainer(model, config, device, positive_weight(labels))
+        frozen = _load_pretrained(model, pretrained or {})
+        trainer = _Trainer(model, config, device, positive_weight(train.labels), frozen)
         train_loader = make_loader(
             train, config.batch_size, device, config.num_workers, shuffle_seed=config.seed
         )
@@ -204,6 +280,24 @@ def train_fusion(
         result = _fit(trainer, train_loader, val_loader, config, on_epoch)
     result.device = str(device)
     return result
+
+
+def _load_pretrained(model: FusionModel, pretrained: dict[str, TrainResult]) -> list[nn.Module]:
+    """Copies each single-modality model's encoder and unimodal head in; returns them frozen."""
+    frozen: list[nn.Module] = []
+    for position, modality in enumerate(model.modalities):
+        if modality not in pretrained:
+            continue
+        alone = pretrained[modality].model
+        pairs = (
+            (model.encoders[modality], alone.encoders[modality]),
+            (model.unimodal.heads[position], alone.unimodal.heads[0]),
+        )
+        for target, source in pairs:
+            target.load_state_dict(source.state_dict())
+            target.requires_grad_(False)
+            frozen.append(target)
+    return frozen
 
 
 def _fit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from pathlib import Path
@@ -322,3 +323,31 @@ def test_rejects_bad_arguments():
             AUDIO,
             np.zeros((2, 4), bool),
         )
+
+
+def test_pretraining_trains_each_encoder_alone_then_freezes_it(tmp_path):
+    train, validation = _splits(_separable_inputs(tmp_path))
+    config = TrainConfig(
+        strategy="late", width=16, epochs=3, batch_size=16, pretrain=True, augment=False
+    )
+    result = train_fusion(train, validation, config)
+    assert set(result.pretraining) == set(MODALITIES)
+    assert all(len(rows) >= 1 for rows in result.pretraining.values())
+    alone = train_fusion(
+        train, validation, dataclasses.replace(config, modalities=("audio",), pretrain=False)
+    )
+    # Stage 2 left the audio encoder exactly as stage 1 (the same single-modality run) made it.
+    for name, value in alone.model.encoders["audio"].state_dict().items():
+        assert torch.equal(result.model.encoders["audio"].state_dict()[name], value), name
+    assert all(p.requires_grad for p in result.model.parameters())
+
+
+def test_late_fusion_adds_the_evidence_of_each_modality():
+    model = _model("late").eval()
+    batch = _batch(_mixed_mask())
+    outputs = model.outputs(batch)
+    fusion = model.fusion
+    expected = fusion.prior + (
+        (outputs.unimodal - model.unimodal.prior) * fusion.weights
+    ).masked_fill(~outputs.present, 0.0).sum(1)
+    assert torch.allclose(outputs.logit, expected, atol=1e-6)

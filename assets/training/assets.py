@@ -41,6 +41,9 @@ class TrainingConfig(dg.Config):
     patience: int = 6
     modality_dropout: float = 0.2
     num_workers: int = 0
+    unimodal_loss: float = 1.0  # weight of each modality's own auxiliary loss (0: off)
+    augment: bool = True  # MONAI augmentation of train images and spectrograms
+    pretrain: bool = False  # train each encoder alone first, then fuse them frozen
     # A negative control: train on permuted train labels. The result must not beat chance, and
     # the promotion gate must refuse it (tests use it; so can a person checking for leakage).
     shuffle_labels: bool = False
@@ -58,6 +61,9 @@ class TrainingConfig(dg.Config):
             seed=seed,
             num_workers=self.num_workers,
             modalities=modalities,
+            unimodal_loss=self.unimodal_loss,
+            augment=self.augment,
+            pretrain=self.pretrain,
         )
 
 
