@@ -5,7 +5,7 @@ retrains the fusion model with the other strategies (`retrain_and_evaluate`), an
 same test admissions: AUROC / AUPRC of each fusion strategy, each single-modality model, and the
 oracle P(label | everything observable in the window), with fusion/oracle as a ratio.
 
-    python benchmarks/quality.py --admissions 2000 --workdir work/bench-quality
+    python benchmarks/quality.py --admissions 2000 --workdir work/bench-quality [--pretrain]
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--workdir", default="work/bench-quality")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--strategies", nargs="+", default=["attention", "late", "early"])
+    parser.add_argument(
+        "--pretrain", action="store_true", help="staged training: each encoder alone first"
+    )
     args = parser.parse_args()
 
     root = Path(args.workdir).resolve()
@@ -49,7 +52,8 @@ def main() -> None:
     started = time.perf_counter()
     generate(landing, admissions=args.admissions, seed=args.seed, image_size=64, progress=True)
     print(f"generated in {time.perf_counter() - started:.0f} s")
-    training = {"epochs": args.epochs, "strategy": args.strategies[0]}
+    options = {"epochs": args.epochs, "pretrain": args.pretrain}
+    training = {**options, "strategy": args.strategies[0]}
 
     started = time.perf_counter()
     run_pipeline(landing, workdir, training=training)
@@ -59,7 +63,7 @@ def main() -> None:
     fusion_first = pd.read_json(tables / "fusion_model.json", typ="series")
     runs = {args.strategies[0]: (first, fusion_first)}
     for strategy in args.strategies[1:]:
-        runs[strategy] = retrain_strategy(landing, workdir, strategy, {"epochs": args.epochs})
+        runs[strategy] = retrain_strategy(landing, workdir, strategy, options)
 
     truth = pd.read_parquet(truth_dir(landing) / "admissions.parquet")
     test = first[first["split"] == "test"][["hadm_id", "label", *[f"p_{m}" for m in SINGLE]]]
