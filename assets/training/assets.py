@@ -188,7 +188,14 @@ def fusion_model(
         "best_val_auroc": result.best_val_auroc,
         "best_epoch": result.best_epoch,
         "device": result.device,
-        "train_seconds": float(sum(row["seconds"] for row in result.history)),
+        # Both stages when the encoders were pretrained: what the training really cost.
+        "train_seconds": float(
+            sum(
+                row["seconds"]
+                for rows in (result.history, *result.pretraining.values())
+                for row in rows
+            )
+        ),
     }
 
 
