@@ -16,7 +16,7 @@ reproducible.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -91,6 +91,13 @@ def audio_augment(seed: int) -> Augment:
     return _Tensor(chain)
 
 
-def augmentations(image_shape: tuple[int, ...], seed: int) -> dict[str, Augment]:
-    """Per-modality training transforms, as AdmissionDataset's `augment` takes them."""
-    return {"image": image_augment(int(image_shape[-1]), seed), "audio": audio_augment(seed)}
+def augmentations(
+    image_shape: tuple[int, ...], seed: int, modalities: Iterable[str] = ("image", "audio")
+) -> dict[str, Augment]:
+    """Training transforms of `modalities` (those without one are left out), as
+    AdmissionDataset's `augment` takes them."""
+    builders = {
+        "image": lambda: image_augment(int(image_shape[-1]), seed),
+        "audio": lambda: audio_augment(seed),
+    }
+    return {m: builders[m]() for m in modalities if m in builders}

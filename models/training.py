@@ -60,6 +60,12 @@ class TrainResult:
     pretraining: dict[str, list[dict]] = field(default_factory=dict)
     pretrained_val_auroc: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent training, both stages when the encoders were pretrained."""
+        stages = (self.history, *self.pretraining.values())
+        return float(sum(row["seconds"] for rows in stages for row in rows))
+
 
 def build_model(dataset: AdmissionDataset, config: TrainConfig) -> FusionModel:
     inputs = dataset.inputs
@@ -247,12 +253,10 @@ def train_fusion(
     if labels is None or not len(train):
         raise ValueError("train_fusion needs a non-empty, labelled training set")
     device = resolve_device(config.device)
-    if config.augment:
-        train = train.augmented(augmentations(train.inputs.image_shape, config.seed))
     pretrained: dict[str, TrainResult] = {}
     if config.pretrain and len(config.modalities) > 1:
         for modality in config.modalities:
-            alone = replace(config, modalities=(modality,), modality_dropout=0.0, augment=False)
+            alone = replace(config, modalities=(modality,), modality_dropout=0.0)
             pretrained[modality] = _train(train, validation, alone, device, None)
     result = _train(train, validation, config, device, on_epoch, pretrained)
     result.model.requires_grad_(True)  # frozen only for stage 2; fine-tuning it stays possible
@@ -269,6 +273,10 @@ def _train(
     on_epoch: Callable[[dict], None] | None,
     pretrained: dict[str, TrainResult] | None = None,
 ) -> TrainResult:
+    if config.augment:  # only the modalities this model reads: the rest would be wasted work
+        train = train.augmented(
+            augmentations(train.inputs.image_shape, config.seed, config.modalities)
+        )
     with reproducible(device, config.seed):
         model = build_model(train, config)
         frozen = _load_pretrained(model, pretrained or {})

@@ -47,7 +47,7 @@ def pool_context() -> BaseContext:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", *main_imports(), *PRELOAD])
+    context.set_forkserver_preload([*main_imports(), *PRELOAD])
     return context
 
 

@@ -188,14 +188,7 @@ def fusion_model(
         "best_val_auroc": result.best_val_auroc,
         "best_epoch": result.best_epoch,
         "device": result.device,
-        # Both stages when the encoders were pretrained: what the training really cost.
-        "train_seconds": float(
-            sum(
-                row["seconds"]
-                for rows in (result.history, *result.pretraining.values())
-                for row in rows
-            )
-        ),
+        "train_seconds": result.train_seconds,
     }
 
 
