@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from clinfuse.assets.ingest.shards import ShardWriter
@@ -23,7 +24,7 @@ from clinfuse.models import (
     predict_proba,
     train_fusion,
 )
-from clinfuse.models.training import drop_modalities
+from clinfuse.models.training import drop_modalities, ema_decay, single_modality
 
 EHR, TEXT = 6, 5
 IMAGE, AUDIO = (1, 16, 16), (1, 8, 20)
@@ -197,6 +198,22 @@ def test_same_seed_same_predictions(tmp_path):
     assert ((first >= 0) & (first <= 1)).all()
 
 
+def test_weight_average_is_what_is_validated_and_kept(tmp_path):
+    train, validation = _splits(_separable_inputs(tmp_path))
+    config = TrainConfig(width=16, epochs=3, batch_size=16, patience=10, ema_epochs=2.0)
+    averaged = train_fusion(train, validation, config)
+    scores = predict_proba(averaged.model, validation, amp=False)
+    assert roc_auc_score(validation.labels, scores) == pytest.approx(averaged.best_val_auroc)
+    raw = train_fusion(train, validation, dataclasses.replace(config, ema_epochs=0.0))
+    assert not np.allclose(scores, predict_proba(raw.model, validation, amp=False))
+
+
+def test_weight_average_spans_epochs_not_steps():
+    assert ema_decay(1.5, 22) == pytest.approx(0.9697, abs=1e-4)  # 2,000 admissions, batch 64
+    assert ema_decay(1.5, 3) == pytest.approx(0.7778, abs=1e-4)  # a tiny cohort still moves
+    assert ema_decay(0.0, 22) == 0.0
+
+
 def test_training_leaves_global_state_alone(tmp_path):
     train, validation = _splits(_separable_inputs(tmp_path))
     torch.manual_seed(123)
@@ -340,6 +357,22 @@ def test_pretraining_trains_each_encoder_alone_then_freezes_it(tmp_path):
     for name, value in alone.model.encoders["audio"].state_dict().items():
         assert torch.equal(result.model.encoders["audio"].state_dict()[name], value), name
     assert all(p.requires_grad for p in result.model.parameters())
+
+
+def test_pretrained_single_modality_models_are_fused_frozen_and_the_rest_trained(tmp_path):
+    train, validation = _splits(_separable_inputs(tmp_path))
+    config = TrainConfig(
+        strategy="attention", width=16, epochs=2, batch_size=16, pretrain=True, augment=False
+    )
+    audio = train_fusion(train, validation, single_modality(config, "audio"))
+    assert audio.model.config["strategy"] == "late"  # one modality: encoder, head and prior
+    result = train_fusion(train, validation, config, pretrained={"audio": audio.model})
+    assert set(result.pretraining) == {"ehr", "text", "image"}  # audio was not trained again
+    fused = result.model.encoders["audio"].state_dict()
+    for name, value in audio.model.encoders["audio"].state_dict().items():
+        assert torch.equal(fused[name], value), name
+    with pytest.raises(ValueError, match="reads"):
+        train_fusion(train, validation, config, pretrained={"audio": result.model})
 
 
 def test_late_fusion_adds_the_evidence_of_each_modality():

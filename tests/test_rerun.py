@@ -74,7 +74,14 @@ def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
     worse = retrain(landing, workdir, negative_control).output_for_node("champion")
     assert worse["version"] == "3"
     assert worse["decision"]["promoted"] is False
-    assert "AUROC" in worse["decision"]["reason"]
+    # Refused on the metric it is worse in: discrimination, calibration, or both (which one
+    # shows first depends on a ~20-admission test split).
+    assert worse["decision"]["reason"].startswith(("AUROC", "ECE"))
+    numbers = worse["decision"]["numbers"]
+    assert (
+        numbers["auroc_challenger"] < numbers["auroc_champion"] - 0.01
+        or numbers["ece_challenger"] > numbers["ece_champion"] + 0.02
+    )
     assert client.get_registered_model(name).aliases["champion"] == champion_before
     assert client.get_model_version(name, "3").tags["promotion.decision"] == "refused"
     assert sorted(worse["aliases"]) == ["challenger"]

@@ -9,10 +9,10 @@ import pandas as pd
 
 from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.ingest.ingested import ShardSet
-from clinfuse.assets.training.checkpoints import save_checkpoint
+from clinfuse.assets.training.checkpoints import load_checkpoint, save_checkpoint
 from clinfuse.assets.training.inputs import modality_inputs, split_indices
 from clinfuse.models.data import AdmissionDataset, ModalityInputs
-from clinfuse.models.training import TrainConfig, train_fusion
+from clinfuse.models.training import TrainConfig, single_modality, train_fusion
 from clinfuse.orchestration.mlflow_resource import MLflowResource
 from clinfuse.orchestration.resources import PipelineSettings, WorkDir
 
@@ -32,7 +32,7 @@ TRAINING_INS = (
 class TrainingConfig(dg.Config):
     """Hyper-parameters of every model trained in a run."""
 
-    strategy: str = "attention"  # early | late | attention
+    strategy: str = "late"  # early | late | attention (docs/benchmarks.md compares them)
     width: int = 64
     epochs: int = 40
     batch_size: int = 64
@@ -43,12 +43,15 @@ class TrainingConfig(dg.Config):
     num_workers: int = 0
     unimodal_loss: float = 1.0  # weight of each modality's own auxiliary loss (0: off)
     augment: bool = True  # MONAI augmentation of train images and spectrograms
-    pretrain: bool = False  # train each encoder alone first, then fuse them frozen
+    ema_epochs: float = 1.5  # horizon of the weights' moving average that is kept (0: off)
+    # Staged: fuse the frozen encoders of this run's single-modality models (modality_models)
+    # and train only the fusion head. False: train every encoder jointly with the head.
+    pretrain: bool = True
     # A negative control: train on permuted train labels. The result must not beat chance, and
     # the promotion gate must refuse it (tests use it; so can a person checking for leakage).
     shuffle_labels: bool = False
 
-    def train_config(self, seed: int, modalities: tuple[str, ...] = MODALITIES) -> TrainConfig:
+    def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(
             strategy=self.strategy,
             width=self.width,
@@ -57,12 +60,12 @@ class TrainingConfig(dg.Config):
             lr=self.learning_rate,
             weight_decay=self.weight_decay,
             patience=self.patience,
-            modality_dropout=self.modality_dropout if len(modalities) > 1 else 0.0,
+            modality_dropout=self.modality_dropout,
             seed=seed,
             num_workers=self.num_workers,
-            modalities=modalities,
             unimodal_loss=self.unimodal_loss,
             augment=self.augment,
+            ema_epochs=self.ema_epochs,
             pretrain=self.pretrain,
         )
 
@@ -118,7 +121,7 @@ def input_data_versions(context: dg.AssetExecutionContext) -> dict[str, str]:
     kinds={"pytorch", "mlflow"},
     owners=OWNERS,
     pool="gpu",
-    ins={name: dg.AssetIn() for name in TRAINING_INS},
+    ins={name: dg.AssetIn() for name in (*TRAINING_INS, "modality_models")},
     deps=["lab_featurizer", "note_embedder"],
 )
 def fusion_model(
@@ -129,13 +132,21 @@ def fusion_model(
     mlflow: MLflowResource,
     **tables,
 ) -> dict:
-    """The fusion model over every modality, tracked as one MLflow run."""
+    """The fusion model over every modality, tracked as one MLflow run.
+
+    Staged (config.pretrain), its encoders are modality_models' own, frozen: the baselines and
+    the fusion model then share every encoder weight, so the comparison isolates the fusion.
+    """
     import mlflow as mlflow_api
 
+    singles = tables.pop("modality_models")
     cohort, inputs = _inputs(settings, tables)
     shuffle_seed = settings.seed if config.shuffle_labels else None
     train, validation = _datasets(cohort, inputs, shuffle_seed)
     train_config = config.train_config(settings.seed)
+    # The baselines learnt the true labels: a shuffled-label control trains its own encoders.
+    reuse = train_config.pretrain and not config.shuffle_labels
+    pretrained = {m: load_checkpoint(v["checkpoint"]) for m, v in singles.items() if reuse}
     tags = {
         "dagster.run_id": context.run.run_id,
         "dagster.asset": "fusion_model",
@@ -152,6 +163,7 @@ def fusion_model(
                 "image_size": settings.image_size,
                 "train_admissions": len(train),
                 "validation_admissions": len(validation),
+                "frozen_encoders": ",".join(pretrained) or "none",
             }
         )
 
@@ -165,7 +177,7 @@ def fusion_model(
                 + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
             )
 
-        result = train_fusion(train, validation, train_config, on_epoch=on_epoch)
+        result = train_fusion(train, validation, train_config, on_epoch, pretrained)
         path = save_checkpoint(
             result.model, workdir.folder("models", context.run.run_id) / "fusion.pt"
         )
@@ -189,6 +201,8 @@ def fusion_model(
         "best_epoch": result.best_epoch,
         "device": result.device,
         "train_seconds": result.train_seconds,
+        # What the frozen encoders cost to train (in modality_models), when staged.
+        "encoder_train_seconds": sum(singles[m]["train_seconds"] for m in pretrained),
     }
 
 
@@ -214,10 +228,15 @@ def modality_models(
         if not inputs.mask[train.indices, position].any():
             context.log.warning(f"no train admission has {modality}: no {modality} model")
             continue
-        result = train_fusion(train, validation, config.train_config(settings.seed, (modality,)))
+        alone = single_modality(config.train_config(settings.seed), modality)
+        result = train_fusion(train, validation, alone)
         folder = workdir.folder("models", context.run.run_id)
         path = save_checkpoint(result.model, folder / f"{modality}.pt")
-        trained[modality] = {"checkpoint": str(path), "best_val_auroc": result.best_val_auroc}
+        trained[modality] = {
+            "checkpoint": str(path),
+            "best_val_auroc": result.best_val_auroc,
+            "train_seconds": result.train_seconds,
+        }
         context.log.info(f"{modality}: best validation AUROC {result.best_val_auroc:.3f}")
     context.add_output_metadata({f"{m}_val_auroc": v["best_val_auroc"] for m, v in trained.items()})
     return trained
