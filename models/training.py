@@ -271,7 +271,8 @@ def train_fusion(
     With `config.pretrain` and several modalities, training has two stages:
     1. each modality's encoder and unimodal head come from a single-modality model: the one
        given in `pretrained` (e.g. the run's baselines, trained by this same function with
-       `modalities=(m,)`), else one trained here, each stopped at its own best validation AUROC;
+       `single_modality(config, m)`), else one trained here the same way, each stopped at its
+       own best validation AUROC;
     2. the encoders and unimodal heads are frozen and only the fusion head learns.
     Joint training from scratch lets the quickest modalities (labs, notes: best by epoch 2-3)
     stop training while the CNNs are still learning, and then overfits them; staged, every
