@@ -1,9 +1,10 @@
 """Quality of the fusion model against each single modality and the generator's oracle.
 
-Generates N admissions (default 2,000), runs the whole pipeline once (attention fusion), then
-retrains the fusion model with the other strategies (`retrain_and_evaluate`), and prints, on the
-same test admissions: AUROC / AUPRC of each fusion strategy, each single-modality model, and the
-oracle P(label | everything observable in the window), with fusion/oracle as a ratio.
+Generates N admissions (default 2,000), runs the whole pipeline once with the first strategy
+(late by default), then retrains the fusion model with the others (`retrain_and_evaluate`), and
+prints, on the same test admissions: AUROC / AUPRC of each fusion strategy, each single-modality
+model, and the oracle P(label | everything observable in the window), with fusion/oracle as a
+ratio.
 
     python benchmarks/quality.py --admissions 2000 --workdir work/bench-quality [--joint]
 
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="work/bench-quality")
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--strategies", nargs="+", default=["attention", "late", "early"])
+    parser.add_argument("--strategies", nargs="+", default=["late", "attention", "early"])
     parser.add_argument(
         "--joint", action="store_true", help="train encoders and fusion head together instead"
     )

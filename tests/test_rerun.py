@@ -79,8 +79,8 @@ def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
     assert worse["decision"]["reason"].startswith(("AUROC", "ECE"))
     numbers = worse["decision"]["numbers"]
     assert (
-        numbers["auroc_challenger"] < numbers["auroc_champion"] - 0.01
-        or numbers["ece_challenger"] > numbers["ece_champion"] + 0.02
+        numbers["auroc_challenger"] < numbers["auroc_champion"] - numbers["auroc_tolerance"]
+        or numbers["ece_challenger"] > numbers["ece_champion"] + numbers["ece_tolerance"]
     )
     assert client.get_registered_model(name).aliases["champion"] == champion_before
     assert client.get_model_version(name, "3").tags["promotion.decision"] == "refused"

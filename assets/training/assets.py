@@ -146,7 +146,7 @@ def fusion_model(
     train_config = config.train_config(settings.seed)
     # The baselines learnt the true labels: a shuffled-label control trains its own encoders.
     reuse = train_config.pretrain and not config.shuffle_labels
-    pretrained = {m: load_checkpoint(v["checkpoint"]) for m, v in singles.items() if reuse}
+    pretrained = {m: load_checkpoint(v["checkpoint"]) for m, v in singles.items()} if reuse else {}
     tags = {
         "dagster.run_id": context.run.run_id,
         "dagster.asset": "fusion_model",
