@@ -17,9 +17,20 @@ def _generate(args: argparse.Namespace) -> int:
         messy=args.messy,
         image_size=args.image_size,
         progress=True,
+        task=args.task,
     )
     print(f"wrote {args.out} ({summary.get('seconds', 0):.1f} s); truth in {summary['truth_dir']}")
     return 0
+
+
+def _task_name(name: str) -> str:
+    """argparse type of generate --task: a built-in task, else the error naming them."""
+    from clinfuse.synthetic.tasks import get_task
+
+    try:
+        return get_task(name).name
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -81,6 +92,12 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--messy", action="store_true", help="plant bad inputs of every kind")
     gen.add_argument("--image-size", type=int, default=128)
+    gen.add_argument(
+        "--task",
+        default="pneumonia",
+        type=_task_name,
+        help="the prediction task and where its signal lies (docs/synthetic.md)",
+    )
     gen.set_defaults(handler=_generate)
 
     run = commands.add_parser("run", help="materialize every asset on a landing zone")

@@ -33,30 +33,6 @@ MISSING = {"ehr": 0.10, "text": 0.15, "image": 0.18, "audio": 0.20}
 LATE_SHIFT = 1.6
 
 
-@dataclass(frozen=True)
-class Channel:
-    name: str
-    modality: str
-    shift: float  # mean of the score when y = 1 (it is 0 when y = 0); the sd is 1
-
-
-# Shifts tuned so that the oracle AUROC is ~0.92 with every modality, 0.73-0.78 with one
-# (benchmarks/generate.py measures it).
-CHANNELS = (
-    Channel("wbc", "ehr", 0.70),
-    Channel("crp", "ehr", 0.65),
-    Channel("temperature", "ehr", 0.60),
-    Channel("cough", "text", 0.55),
-    Channel("fever", "text", 0.55),
-    Channel("pleuritic", "text", 0.55),
-    Channel("dyspnea", "text", 0.55),
-    Channel("chills", "text", 0.55),
-    Channel("hypoxia", "text", 0.55),
-    Channel("opacity", "image", 1.10),
-    Channel("crackles", "audio", 1.00),
-)
-BY_NAME = {c.name: c for c in CHANNELS}
-
 Interval = tuple[float, float]
 
 
@@ -82,7 +58,10 @@ LAB_SCALES = {
 
 def lab_reading(name: str, score: float) -> tuple[float, Interval]:
     """The rounded value charted and the scores that round to it."""
-    scale = LAB_SCALES[name]
+    return _scale_reading(LAB_SCALES[name], score)
+
+
+def _scale_reading(scale: LabScale, score: float) -> tuple[float, Interval]:
     raw = (
         scale.center * math.exp(scale.spread * score)
         if scale.log
@@ -145,6 +124,154 @@ def _crackle_score(count: float, seconds: float) -> float:
     return math.log(count / (seconds * CRACKLE_RATE)) / CRACKLE_GAIN
 
 
+# --- renderings a task can give a channel (tasks.py) -------------------------------------------
+# Each maps (score, recording seconds, the channel's own label-free draw) to what the file shows
+# and the scores that show it; None: the channel is not in the file (a test not ordered).
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A lab value monotone in the score (log-normal or linear): LabScale's reading."""
+
+    scale: LabScale
+    floor: float | None = None  # values below it are charted as it (0 is not a lab result)
+
+    def observe(self, score: float, seconds: float, aux: float | None) -> tuple[float, Interval]:
+        value, (lo, hi) = _scale_reading(self.scale, score)
+        if self.floor is not None and value <= self.floor:
+            return self.floor, (-math.inf, _lab_score(self.scale, self.floor + _half(self.scale)))
+        return value, (lo, hi)
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Two readings of one item in the window: the first is drawn on the charted grid without
+    looking at y (`draw`), the later one is first + step * score rounded, so the two charted values
+    pin the score to an interval whatever the first was."""
+
+    scale: LabScale  # the first reading's label-free distribution (and decimals)
+    step: float
+    floor: float  # the later reading never goes below it
+
+    def draw(self, rng: np.random.Generator) -> float:
+        raw = self.scale.center * math.exp(float(rng.normal(0.0, self.scale.spread)))
+        return max(round(raw, self.scale.decimals), self.floor)
+
+    def observe(self, score: float, seconds: float, aux: float | None) -> tuple[float, Interval]:
+        first, half = float(aux), _half(self.scale)
+        value = round(first + self.step * score, self.scale.decimals)
+        hi = (value + half - first) / self.step
+        if value <= self.floor:
+            return self.floor, (-math.inf, (self.floor + half - first) / self.step)
+        return value, ((value - half - first) / self.step, hi)
+
+
+@dataclass(frozen=True)
+class Rare:
+    """A test ordered for `share` of admissions, independently of y; strong when present."""
+
+    lab: Lab
+    share: float
+
+    def draw(self, rng: np.random.Generator) -> float:
+        return float(rng.random() < self.share)
+
+    def observe(
+        self, score: float, seconds: float, aux: float | None
+    ) -> tuple[float, Interval] | None:
+        return self.lab.observe(score, seconds, None) if aux else None
+
+
+@dataclass(frozen=True)
+class Levels:
+    """A discrete state: offset + how many cuts lie at or below the score (a finding's
+    negated/silent/mentioned, a count of findings, a share of heart cycles)."""
+
+    cuts: tuple[float, ...]
+    offset: int = 0
+
+    def observe(self, score: float, seconds: float, aux: float | None) -> tuple[int, Interval]:
+        k = sum(1 for cut in self.cuts if score >= cut)
+        edges = (-math.inf, *self.cuts, math.inf)
+        return self.offset + k, (edges[k], edges[k + 1])
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Nothing below `start`; above it the sign grows with score - start (an opacity, a
+    reticular texture, a wheeze). start -inf: always shown, the score itself (a heart's width)."""
+
+    start: float = -math.inf
+
+    def observe(self, score: float, seconds: float, aux: float | None) -> tuple[float, Interval]:
+        if math.isinf(self.start):
+            return score, (score, score)
+        if score < self.start:
+            return 0.0, (-math.inf, self.start)
+        return score - self.start, (score, score)
+
+
+@dataclass(frozen=True)
+class Crackles:
+    """round(seconds * rate(score)) transients: crackle_count."""
+
+    def observe(self, score: float, seconds: float, aux: float | None) -> tuple[int, Interval]:
+        return crackle_count(score, seconds)
+
+
+Rendering = Lab | Trend | Rare | Levels | Extent | Crackles
+
+
+def _half(scale: LabScale) -> float:
+    return 0.5 * 10.0**-scale.decimals
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One piece of evidence. Its score is N(0, 1) when y = 0 and N(shift, sd^2) when y = 1:
+    a mean shift (sd 1) or, with sd > 1 and shift 0, a U shape (both tails mean disease)."""
+
+    name: str
+    modality: str
+    shift: float
+    render: Rendering
+    sd: float = 1.0
+
+    @property
+    def informative(self) -> bool:
+        return self.shift != 0.0 or self.sd != 1.0
+
+    def draw(self, rng: np.random.Generator, label: int) -> float:
+        if self.sd == 1.0:  # the draw pneumonia always made: its bytes stay the same
+            return float(rng.normal(self.shift * label, 1.0))
+        return float(rng.normal(self.shift * label, self.sd if label else 1.0))
+
+    def late(self, z: float, label: int, flip: bool) -> float:
+        """A score charted after the window from z ~ N(LATE_SHIFT * y, 1): further along for a
+        positive (both tails for a U shape); no signal stays no signal."""
+        if not self.informative:
+            return z - LATE_SHIFT * label
+        if self.sd != 1.0:
+            return -z if flip else z
+        return z
+
+
+# Pneumonia's channels. Shifts tuned so that the oracle AUROC is ~0.92 with every modality,
+# 0.73-0.78 with one (benchmarks/generate.py measures it).
+CHANNELS = (
+    Channel("wbc", "ehr", 0.70, Lab(LAB_SCALES["wbc"])),
+    Channel("crp", "ehr", 0.65, Lab(LAB_SCALES["crp"])),
+    Channel("temperature", "ehr", 0.60, Lab(LAB_SCALES["temperature"])),
+    *(
+        Channel(name, "text", 0.55, Levels((NEGATED_BELOW, MENTIONED_ABOVE), offset=-1))
+        for name in ("cough", "fever", "pleuritic", "dyspnea", "chills", "hypoxia")
+    ),
+    Channel("opacity", "image", 1.10, Extent(OPACITY_FROM)),
+    Channel("crackles", "audio", 1.00, Crackles()),
+)
+BY_NAME = {c.name: c for c in CHANNELS}
+
+
 # --- the oracle ---------------------------------------------------------------------------------
 
 
@@ -157,14 +284,22 @@ def _log_mass(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         return a + np.log1p(-np.exp(np.minimum(b - a, -1e-300)))
 
 
-def log_likelihood_ratio(shift: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """log P(score in [lo, hi) | y=1) / P(... | y=0); a point (lo == hi) uses the densities."""
+def log_likelihood_ratio(
+    shift: float, lo: np.ndarray, hi: np.ndarray, sd: float = 1.0
+) -> np.ndarray:
+    """log P(score in [lo, hi) | y=1) / P(... | y=0) with score | y=1 ~ N(shift, sd^2) and
+    score | y=0 ~ N(0, 1); a point (lo == hi) uses the densities."""
     lo = np.asarray(lo, dtype=float)
     hi = np.asarray(hi, dtype=float)
     point = lo == hi
     safe_hi = np.where(point, lo + 1.0, hi)  # any interval; the point rows are replaced below
-    interval = _log_mass(lo - shift, safe_hi - shift) - _log_mass(lo, safe_hi)
-    return np.where(point, shift * lo - 0.5 * shift**2, interval)
+    if sd == 1.0:  # pneumonia's arithmetic, kept as it was so its truth keeps its bytes
+        interval = _log_mass(lo - shift, safe_hi - shift) - _log_mass(lo, safe_hi)
+        return np.where(point, shift * lo - 0.5 * shift**2, interval)
+    with np.errstate(invalid="ignore"):  # -inf - shift stays -inf; nan only in point rows
+        interval = _log_mass((lo - shift) / sd, (safe_hi - shift) / sd) - _log_mass(lo, safe_hi)
+    density = -math.log(sd) - 0.5 * ((lo - shift) / sd) ** 2 + 0.5 * lo**2
+    return np.where(point, density, interval)
 
 
 def posterior(llr: np.ndarray) -> np.ndarray:
@@ -173,21 +308,30 @@ def posterior(llr: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit))
 
 
-def oracle(intervals: list[dict[str, Interval]], present: list[dict[str, bool]]) -> dict:
+def oracle(
+    intervals: list[dict[str, Interval]],
+    present: list[dict[str, bool]],
+    channels: tuple[Channel, ...] = CHANNELS,
+) -> dict:
     """p_oracle (every modality present in the window) and p_oracle_<m> (that one alone), as
     arrays over admissions; intervals[i] holds admission i's observed channels.
 
     An absent modality contributes nothing: its absence is independent of y, so marginalising
-    its scores leaves the likelihood ratio at 1.
+    its scores leaves the likelihood ratio at 1. So does a channel not in the file (a test not
+    ordered, at random) and a channel without signal (its ratio is 1 everywhere).
     """
     n = len(intervals)
     llr = {m: np.zeros(n) for m in MODALITIES}
-    for channel in CHANNELS:
+    for channel in channels:
+        if not channel.informative:
+            continue
         lo = np.array([obs.get(channel.name, (np.nan, np.nan))[0] for obs in intervals])
         hi = np.array([obs.get(channel.name, (np.nan, np.nan))[1] for obs in intervals])
         seen = ~np.isnan(lo) & np.array([p[channel.modality] for p in present], dtype=bool)
         if seen.any():
-            llr[channel.modality][seen] += log_likelihood_ratio(channel.shift, lo[seen], hi[seen])
+            llr[channel.modality][seen] += log_likelihood_ratio(
+                channel.shift, lo[seen], hi[seen], channel.sd
+            )
     out = {"p_oracle": posterior(sum(llr.values()))}
     out.update({f"p_oracle_{m}": posterior(llr[m]) for m in MODALITIES})
     return out

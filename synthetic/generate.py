@@ -11,6 +11,7 @@ from tqdm import tqdm
 from clinfuse.synthetic import messy as messy_inputs
 from clinfuse.synthetic.evidence import MODALITIES, PREVALENCE
 from clinfuse.synthetic.population import WINDOW, plan_patients, truth_frame
+from clinfuse.synthetic.tasks import DEFAULT_TASK, Task, get_task
 from clinfuse.synthetic.truth import oracle_aurocs, truth_dir, write_truth
 from clinfuse.synthetic.zone import Zone
 
@@ -22,12 +23,16 @@ def generate(
     messy: bool = False,
     image_size: int = 128,
     progress: bool = False,
+    task: Task | str = DEFAULT_TASK,
 ) -> dict:
     """Writes `admissions` admissions into the empty folder `out`, and the truth beside it.
 
-    Returns the summary (what summary.json holds, plus truth_dir and the seconds it took).
-    The same arguments give byte-identical files.
+    `task` names the prediction task (tasks.TASKS); the default, pneumonia, writes what the
+    generator always wrote, byte for byte. Returns the summary (what summary.json holds, plus
+    task, target, truth_dir and the seconds it took). The same arguments give byte-identical
+    files.
     """
+    task = get_task(task)
     out = Path(out)
     truth = truth_dir(out)
     _refuse_non_empty(out)
@@ -36,15 +41,23 @@ def generate(
         raise ValueError("admissions must be at least 1")
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    zone = Zone(out, seed, image_size)
+    zone = Zone(out, seed, image_size, task)
     try:
-        _fill(zone, admissions, seed, messy, progress)
+        _fill(zone, admissions, seed, messy, progress, task)
     finally:
         zone.close()
-    frame = truth_frame(zone.admissions)
+    frame = truth_frame(zone.admissions, task)
     summary = _summary(zone, frame, admissions, seed, messy, image_size)
-    write_truth(truth, frame, zone.quarantine, zone.leaks, summary)
-    return {**summary, "truth_dir": str(truth), "seconds": time.perf_counter() - started}
+    named = {"task": task.name, "target": task.target.config()}
+    if task.name != DEFAULT_TASK:  # pneumonia's summary.json keeps its bytes; task.json says it
+        summary.update(named)
+    write_truth(truth, frame, zone.quarantine, zone.leaks, summary, task.describe())
+    return {
+        **summary,
+        **named,
+        "truth_dir": str(truth),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _refuse_non_empty(folder: Path) -> None:
@@ -52,11 +65,11 @@ def _refuse_non_empty(folder: Path) -> None:
         raise FileExistsError(f"{folder} exists and is not an empty folder")
 
 
-def _fill(zone: Zone, admissions: int, seed: int, messy: bool, progress: bool) -> None:
+def _fill(zone: Zone, admissions: int, seed: int, messy: bool, progress: bool, task: Task) -> None:
     """Patients one by one; the bad inputs go in a third of the way, among good data."""
     planted = not messy
     with tqdm(total=admissions, disable=not progress, unit="adm", desc="generate") as bar:
-        for patient in plan_patients(admissions, seed):
+        for patient in plan_patients(admissions, seed, task):
             zone.add_patient(patient)
             bar.update(len(patient.admissions))
             if not planted and len(zone.admissions) >= max(1, admissions // 3):

@@ -1,14 +1,17 @@
 """Chest-radiograph-like DICOM Part-10 files.
 
 The picture is drawn anatomy (body, two lung fields, heart, spine, ribs) with per-image variation
-in shape, exposure and noise; the label's only trace is a lobar opacity whose presence, size and
-density follow the opacity channel (evidence.opacity_extent). The file around it varies in every
+in shape, exposure and noise; the label's only trace is the task's sign (tasks.IMAGE_SIGNS): a
+lobar opacity whose presence, size and density follow the channel (pneumonia), the cardiac
+silhouette's width, a reticular texture across the lung fields, or the lungs' height
+(hyperinflation). The file around it varies in every
 way a PACS export does: SOP class, transfer syntax, bit depth, photometric interpretation,
 rescale, which date/time attributes are set, folder and file name.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -96,6 +99,7 @@ class ImageSpec:
     sop_uid: str
     accession: str
     pixel_seed: tuple[int, ...]
+    sign: str = "opacity"  # what `extent` draws (tasks.IMAGE_SIGNS)
 
 
 def choose_format(rng: np.random.Generator) -> dict:
@@ -150,24 +154,39 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int = 8) -> np.nda
     return ndimage.zoom(coarse, size / cells, order=1)[:size, :size]
 
 
-def chest_pixels(rng: np.random.Generator, size: int, extent: float) -> np.ndarray:
-    """A (size, size) float32 image in [0, 1], dense (bone, opacity) bright, air dark."""
+def chest_pixels(
+    rng: np.random.Generator, size: int, extent: float, sign: str = "opacity"
+) -> np.ndarray:
+    """A (size, size) float32 image in [0, 1], dense (bone, opacity) bright, air dark.
+
+    Every sign but the opacity draws what pneumonia draws and only then bends it by the score,
+    so the anatomy's nuisance is the same across signs."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     xs = x - (0.5 + rng.normal(0, 0.02)) - rng.normal(0, 0.03) * (y - 0.5)  # shift and tilt
     img = 0.08 + 0.45 * _ellipse(xs, y - 0.55, rng.uniform(0.40, 0.47), rng.uniform(0.50, 0.60))
     lung_w, lung_h = rng.uniform(0.12, 0.16), rng.uniform(0.25, 0.32)
+    if sign == "hyperinflation":  # taller lungs, a little wider; a few % of nuisance left
+        lung_h = 0.285 * math.exp(0.08 * extent) * (lung_h / 0.285) ** 0.25
+        lung_w = lung_w * math.exp(0.02 * extent)
     lung_y, gap = rng.uniform(0.42, 0.48), rng.uniform(0.05, 0.08)
     lungs = [_ellipse(xs - side * (gap + lung_w), y - lung_y, lung_w, lung_h) for side in (-1, 1)]
     lung = np.maximum(*lungs)
     img -= rng.uniform(0.25, 0.33) * lung
     heart_at = (xs - 0.06 - rng.normal(0, 0.015), y - lung_y - 0.5 * lung_h)
-    img += rng.uniform(0.12, 0.18) * _ellipse(*heart_at, rng.uniform(0.14, 0.18), 0.13, 8.0)
+    heart_density = rng.uniform(0.12, 0.18)
+    heart_w, heart_h = rng.uniform(0.14, 0.18), 0.13
+    if sign == "silhouette":  # the heart's width follows the score; a few % of nuisance left
+        heart_w = 0.16 * math.exp(0.12 * extent) * (heart_w / 0.16) ** 0.25
+        heart_h = 0.13 * math.exp(0.04 * extent)
+    img += heart_density * _ellipse(*heart_at, heart_w, heart_h, 8.0)
     img += 0.08 * np.exp(-((xs / 0.03) ** 2)) * _ellipse(xs, y - 0.55, 0.1, 0.5)  # spine
     rib_rate = rng.uniform(9.0, 12.0)
     ribs = np.clip(np.cos(2 * np.pi * rib_rate * (y + 0.8 * xs**2)), 0, 1) ** 4
     img += rng.uniform(0.04, 0.08) * ribs * lung
-    if extent > 0:
+    if sign == "opacity" and extent > 0:
         img += _opacity(rng, xs, y, lungs, (gap, lung_w, lung_y, lung_h), extent)
+    if sign == "texture" and extent > 0:
+        img += _reticular(rng, size, extent) * lung
     img = ndimage.gaussian_filter(img, sigma=0.4 * size / 64)
     img = img * rng.uniform(0.85, 1.1) + rng.uniform(-0.05, 0.05) + rng.normal(0, 0.03) * (x - 0.5)
     img += rng.normal(0, rng.uniform(0.01, 0.03), size=img.shape)
@@ -193,6 +212,16 @@ def _opacity(
     blob = np.exp(-((xs - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
     texture = 0.85 + 0.15 * np.tanh(_smooth_noise(rng, xs.shape[0]))
     return density * blob * texture * lungs[side]
+
+
+def _reticular(rng: np.random.Generator, size: int, extent: float) -> np.ndarray:
+    """A fine net of lines over the whole lung fields (band-passed noise folded at zero), its
+    amplitude growing with the extent: diffuse, not focal."""
+    noise = rng.normal(size=(size, size))
+    fine, coarse = max(size / 128, 0.7), size / 32
+    band = ndimage.gaussian_filter(noise, fine) - ndimage.gaussian_filter(noise, coarse)
+    net = np.exp(-((band / (np.std(band) or 1.0)) ** 2) * 2.0)  # bright where band crosses 0
+    return (0.05 + 0.04 * min(extent, 3.0)) * net
 
 
 def stored_values(img: np.ndarray, bits: int, photometric: str) -> np.ndarray:
@@ -290,7 +319,8 @@ def _set_pixels(ds: Dataset, spec: ImageSpec, pixels: np.ndarray) -> None:
 def write_image(root: Path, spec: ImageSpec, size: int) -> Path:
     """Draws the picture of a spec and writes its Part-10 file; returns the path."""
     rng = np.random.default_rng(list(spec.pixel_seed))
-    pixels = stored_values(chest_pixels(rng, size, spec.extent), spec.bits, spec.photometric)
+    img = chest_pixels(rng, size, spec.extent, spec.sign)
+    pixels = stored_values(img, spec.bits, spec.photometric)
     return save(root, spec, dataset(spec, pixels))
 
 

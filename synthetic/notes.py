@@ -1,8 +1,9 @@
 """Clinical notes: the admission H&P (evidence, in the window), radiology reports and discharge
 summaries (after the window: leaks).
 
-The H&P mentions, negates or leaves out each finding as evidence.finding_state says; everything
-else in it (history, medications, other complaints, wording) is drawn without the label.
+The H&P mentions, negates or leaves out each finding of the task as its channel's state says
+(tasks.py holds the words; a counted channel mentions that many of its findings); everything else
+in it (history, medications, other complaints, wording) is drawn without the label.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from clinfuse.synthetic.population import AdmissionPlan, PatientPlan
+from clinfuse.synthetic.tasks import PNEUMONIA, Task
 
 NOTE_COLUMNS = (
     "note_id",
@@ -24,38 +26,8 @@ NOTE_COLUMNS = (
     "text",
 )
 
-# finding -> (ways to mention it, ways to negate it)
-FINDINGS = {
-    "cough": (
-        ("productive cough", "cough productive of yellow sputum", "cough with green sputum",
-         "worsening productive cough"),
-        ("denies cough", "no cough", "no sputum production"),
-    ),
-    "fever": (
-        ("fever to {temp}", "fevers and chills at home", "subjective fevers", "febrile to {temp}"),
-        ("denies fevers", "afebrile at home", "no fevers"),
-    ),
-    "pleuritic": (
-        ("pleuritic chest pain", "sharp chest pain worse with inspiration",
-         "pleuritic pain on the {side}"),
-        ("denies chest pain", "no chest pain"),
-    ),
-    "dyspnea": (
-        ("shortness of breath", "increasing dyspnea", "dyspnea on exertion",
-         "progressive shortness of breath"),
-        ("denies shortness of breath", "no dyspnea"),
-    ),
-    "chills": (
-        ("rigors", "shaking chills", "chills and sweats"),
-        ("denies chills", "no rigors"),
-    ),
-    "hypoxia": (
-        ("hypoxic to {sat}% on room air", "SpO2 {sat}% on RA",
-         "desaturation to {sat}% on room air"),
-        ("saturating well on room air", "SpO2 {good}% on RA"),
-    ),
-}  # fmt: skip
-# Complaints that say nothing about pneumonia, mentioned or negated at random.
+# Complaints that say nothing about the task, mentioned or negated at random (a task's `quiet`
+# ones are left out: they would say its findings' words).
 OTHER_COMPLAINTS = (
     ("headache", "denies headache"),
     ("nausea", "no nausea or vomiting"),
@@ -80,15 +52,6 @@ MEDICATIONS = (
 # Chief complaints are label-free on purpose: none of them names a finding.
 SOCIAL = ("Lives alone.", "Lives with family.", "Former smoker.", "Never smoker.")
 COMPLAINTS = ("weakness", "feeling unwell", "fall at home", "malaise", "poor intake", "confusion")
-PNEUMONIA_DIAGNOSES = (
-    "Community-acquired pneumonia", "Right lower lobe pneumonia", "Left lower lobe pneumonia",
-    "Multifocal pneumonia", "Bacterial pneumonia",
-)  # fmt: skip
-OTHER_DIAGNOSES = (
-    "CHF exacerbation", "COPD exacerbation", "Urinary tract infection", "Cellulitis",
-    "Acute kidney injury", "Syncope", "Atrial fibrillation with RVR", "Viral bronchitis",
-    "Hyponatremia", "Gastroenteritis", "Aspiration pneumonitis",
-)  # fmt: skip
 LOBES = ("right lower lobe", "left lower lobe", "right middle lobe", "lingula", "right upper lobe")
 
 
@@ -117,26 +80,52 @@ def _sample(rng: np.random.Generator, options: tuple, low: int, high: int) -> li
 
 
 def _phrase(rng: np.random.Generator, template: str) -> str:
-    return template.format(
-        temp=f"{rng.uniform(38.1, 39.8):.1f}",
-        sat=int(rng.integers(84, 92)),
-        good=int(rng.integers(95, 100)),
-        side=_pick(rng, ("right", "left")),
-    )
+    values = {
+        "temp": f"{rng.uniform(38.1, 39.8):.1f}",
+        "sat": int(rng.integers(84, 92)),
+        "good": int(rng.integers(95, 100)),
+        "side": _pick(rng, ("right", "left")),
+    }
+    if any(f"{{{k}}}" in template for k in EXTRA_SLOTS):
+        values.update({k: draw(rng) for k, draw in EXTRA_SLOTS.items()})  # other tasks' words
+    return template.format(**values)
 
 
-def hp_text(patient: PatientPlan, adm: AdmissionPlan, rng: np.random.Generator) -> str:
-    """The admission history & physical: the findings as their states say, plus filler."""
-    age = adm.admittime.year - patient.birth_year
-    sex = "woman" if patient.gender == "F" else "man"
+# Slots only other tasks' phrases use; drawn only for them, so pneumonia's draws stay as they were.
+EXTRA_SLOTS = {
+    "pillows": lambda rng: int(rng.integers(2, 5)),
+    "kg": lambda rng: int(rng.integers(2, 7)),
+    "sbp": lambda rng: int(rng.integers(72, 90)),
+    "dbp": lambda rng: int(rng.integers(38, 55)),
+    "hr": lambda rng: int(rng.integers(11, 14)) * 10,
+    "hours": lambda rng: int(rng.integers(1, 4)),
+}
+
+
+def _findings(adm: AdmissionPlan, rng: np.random.Generator, task: Task) -> tuple[list, list]:
+    """(mentioned, negated) phrases of the task's text channels present in the note."""
     mentioned, negated = [], []
-    for finding, (positive, negative) in FINDINGS.items():
+    for finding, (positive, negative) in task.findings.items():
         state = int(adm.observed[finding])
-        if state > 0:
+        if finding in task.counted:  # that many of its findings, which ones label-free
+            mentioned += [_phrase(rng, p) for p in _sample(rng, positive, state, state)]
+        elif state > 0:
             mentioned.append(_phrase(rng, _pick(rng, positive)))
         elif state < 0:
             negated.append(_phrase(rng, _pick(rng, negative)))
+    return mentioned, negated
+
+
+def hp_text(
+    patient: PatientPlan, adm: AdmissionPlan, rng: np.random.Generator, task: Task = PNEUMONIA
+) -> str:
+    """The admission history & physical: the findings as their states say, plus filler."""
+    age = adm.admittime.year - patient.birth_year
+    sex = "woman" if patient.gender == "F" else "man"
+    mentioned, negated = _findings(adm, rng, task)
     for positive, negative in OTHER_COMPLAINTS:
+        if positive in task.quiet:
+            continue
         draw = rng.random()
         if draw < 0.15:
             mentioned.append(positive)
@@ -163,16 +152,14 @@ def hp_text(patient: PatientPlan, adm: AdmissionPlan, rng: np.random.Generator) 
     )
 
 
-def discharge_text(patient: PatientPlan, adm: AdmissionPlan, rng: np.random.Generator) -> str:
+def discharge_text(
+    patient: PatientPlan, adm: AdmissionPlan, rng: np.random.Generator, task: Task = PNEUMONIA
+) -> str:
     """The discharge summary names the diagnosis: a leak the pipeline must leave out."""
-    primary = _pick(rng, PNEUMONIA_DIAGNOSES if adm.label else OTHER_DIAGNOSES)
+    primary = _pick(rng, task.ds_positive if adm.label else task.ds_negative)
     secondary = ", ".join(_sample(rng, HISTORY, 1, 3))
     stay = (adm.dischtime - adm.admittime).days
-    course = (
-        "Treated with ceftriaxone and azithromycin with improvement."
-        if adm.label
-        else "Managed supportively with improvement."
-    )
+    course = task.ds_course if adm.label else "Managed supportively with improvement."
     return (
         f"Name: ___  Unit No: ___\nAdmission Date: ___  Discharge Date: ___\n"
         f"Sex: {patient.gender}\nService: MEDICINE\n\n"
@@ -182,8 +169,10 @@ def discharge_text(patient: PatientPlan, adm: AdmissionPlan, rng: np.random.Gene
     )
 
 
-def radiology_text(extent: float, rng: np.random.Generator) -> str:
-    """The report of a chest radiograph taken after the window, as its opacity shows."""
+def radiology_text(extent: float, rng: np.random.Generator, sign: str = "opacity") -> str:
+    """The report of a chest radiograph taken after the window, as its sign shows."""
+    if sign != "opacity":
+        return _sign_report(extent, rng, sign)
     view = _pick(rng, ("PA and lateral", "Portable AP"))
     if extent <= 0:
         finding = "No focal consolidation. No pleural effusion or pneumothorax."
@@ -197,4 +186,40 @@ def radiology_text(extent: float, rng: np.random.Generator) -> str:
         f"EXAMINATION: CHEST ({view})\n\nINDICATION: ___ with cough, evaluate for pneumonia.\n\n"
         f"FINDINGS: {finding} Cardiomediastinal silhouette is within normal limits.\n\n"
         f"IMPRESSION: {impression}\n"
+    )
+
+
+# sign -> (indication, (threshold, finding, impression) from the largest down, normal finding)
+SIGN_REPORTS = {
+    "silhouette": (
+        "dyspnea, evaluate for edema",
+        ((1.2, "The cardiac silhouette is enlarged.", "Cardiomegaly."),
+         (0.4, "The cardiac silhouette is borderline enlarged.", "Borderline cardiomegaly.")),
+        "Heart size is normal. Lungs are clear.",
+    ),
+    "texture": (
+        "oliguria, evaluate for fluid overload",
+        ((1.5, "Diffuse reticular interstitial opacities.", "Interstitial edema."),
+         (0.0, "Mild interstitial prominence.", "Possible mild interstitial edema.")),
+        "No interstitial abnormality. Lungs are clear.",
+    ),
+    "hyperinflation": (
+        "wheezing, evaluate for infiltrate",
+        ((1.0, "Hyperinflated lungs with flattened hemidiaphragms.", "Hyperinflation."),),
+        "Lung volumes are normal. Lungs are clear.",
+    ),
+}  # fmt: skip
+
+
+def _sign_report(extent: float, rng: np.random.Generator, sign: str) -> str:
+    view = _pick(rng, ("PA and lateral", "Portable AP"))
+    indication, grades, normal = SIGN_REPORTS[sign]
+    finding, impression = normal, "No acute cardiopulmonary process."
+    for threshold, graded, graded_impression in grades:
+        if extent > threshold:
+            finding, impression = graded, graded_impression
+            break
+    return (
+        f"EXAMINATION: CHEST ({view})\n\nINDICATION: ___ with {indication}.\n\n"
+        f"FINDINGS: {finding} No pneumothorax.\n\nIMPRESSION: {impression}\n"
     )

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.special import ndtr
 
 from clinfuse.synthetic import evidence as ev
+from clinfuse.synthetic.tasks import DEFAULT_TASK, Task, get_task
 
 WINDOW = timedelta(hours=24)
 # Items inside the window are charted at most IN_WINDOW_LAST after admission, items after it at
@@ -47,6 +48,7 @@ class AdmissionPlan:
     recording_seconds: float
     late_scores: dict[str, float]  # evidence charted after the window (a leak)
     died: bool
+    aux: dict[str, float] = field(default_factory=dict)  # label-free draws of some channels
 
     @property
     def window_end(self) -> datetime:
@@ -75,8 +77,11 @@ def patient_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, 1, index])
 
 
-def plan_patients(admissions: int, seed: int) -> Iterator[PatientPlan]:
+def plan_patients(
+    admissions: int, seed: int, task: Task | str = DEFAULT_TASK
+) -> Iterator[PatientPlan]:
     """Patients in subject_id order until `admissions` admissions have been planned."""
+    task = get_task(task)
     ids = np.random.default_rng([seed, 0])
     hadm_a, hadm_b = int(ids.integers(1, HADM_SPAN)), int(ids.integers(0, HADM_SPAN))
     subject_id, planned, index = FIRST_SUBJECT_ID, 0, 0
@@ -89,7 +94,7 @@ def plan_patients(admissions: int, seed: int) -> Iterator[PatientPlan]:
         hadm_ids = [
             FIRST_HADM_ID + (hadm_a * (planned + k) + hadm_b) % HADM_SPAN for k in range(count)
         ]
-        _add_admissions(rng, patient, hadm_ids)
+        _add_admissions(rng, patient, hadm_ids, task)
         planned += count
         index += 1
         yield patient
@@ -113,14 +118,16 @@ def _patient(rng: np.random.Generator, index: int, subject_id: int) -> PatientPl
     )
 
 
-def _add_admissions(rng: np.random.Generator, patient: PatientPlan, hadm_ids: list[int]) -> None:
+def _add_admissions(
+    rng: np.random.Generator, patient: PatientPlan, hadm_ids: list[int], task: Task
+) -> None:
     start = datetime(patient.anchor_year, 1, 1) + _minutes(rng, 0, 2 * 365 * 24 * 60)
     for hadm_id in hadm_ids:
         stay = max(MIN_STAY, timedelta(hours=float(rng.lognormal(math.log(96), 0.6))))
         stay = min(stay, timedelta(days=20))
         admittime = start.replace(second=0)
         dischtime = (admittime + stay).replace(second=0)
-        patient.admissions.append(_admission(rng, patient, hadm_id, admittime, dischtime))
+        patient.admissions.append(_admission(rng, patient, hadm_id, admittime, dischtime, task))
         start = dischtime + _minutes(rng, 20 * 24 * 60, 600 * 24 * 60)
     first = patient.admissions[0].admittime if patient.admissions else start
     if not patient.admissions or rng.random() < 0.35:
@@ -145,13 +152,17 @@ def _admission(
     hadm_id: int,
     admittime: datetime,
     dischtime: datetime,
+    task: Task,
 ) -> AdmissionPlan:
     label = int(rng.random() < ndtr(ev.BASE + patient.effect))
     present = {m: bool(rng.random() >= ev.MISSING[m]) for m in ev.MODALITIES}
-    scores = {c.name: float(rng.normal(c.shift * label, 1.0)) for c in ev.CHANNELS}
+    scores = {c.name: c.draw(rng, label) for c in task.channels}
     late_scores = {m: float(rng.normal(ev.LATE_SHIFT * label, 1.0)) for m in ev.MODALITIES}
     seconds = round(float(rng.uniform(3.0, 6.0)), 2)
-    observed, intervals = _observe(scores, seconds, present)
+    died = bool(rng.random() < 0.03)
+    # Drawn last, so that a task without such channels (pneumonia) draws what it always drew.
+    aux = {c.name: c.render.draw(rng) for c in task.channels if hasattr(c.render, "draw")}
+    observed, intervals = _observe(task, scores, seconds, present, aux)
     return AdmissionPlan(
         hadm_id=hadm_id,
         subject_id=patient.subject_id,
@@ -164,32 +175,31 @@ def _admission(
         intervals=intervals,
         recording_seconds=seconds,
         late_scores=late_scores,
-        died=bool(rng.random() < 0.03),
+        died=died,
+        aux=aux,
     )
 
 
 def _observe(
-    scores: dict[str, float], seconds: float, present: dict[str, bool]
+    task: Task,
+    scores: dict[str, float],
+    seconds: float,
+    present: dict[str, bool],
+    aux: dict[str, float],
 ) -> tuple[dict[str, float], dict[str, ev.Interval]]:
     """What the files show of each channel of the modalities present in the window."""
     observed: dict[str, float] = {}
     intervals: dict[str, ev.Interval] = {}
-    for channel in ev.CHANNELS:
+    for channel in task.channels:
         if not present[channel.modality]:
             continue
-        score = scores[channel.name]
-        if channel.modality == "ehr":
-            observed[channel.name], intervals[channel.name] = ev.lab_reading(channel.name, score)
-        elif channel.modality == "text":
-            observed[channel.name], intervals[channel.name] = ev.finding_state(score)
-        elif channel.modality == "image":
-            observed[channel.name], intervals[channel.name] = ev.opacity_extent(score)
-        else:
-            observed[channel.name], intervals[channel.name] = ev.crackle_count(score, seconds)
+        shown = channel.render.observe(scores[channel.name], seconds, aux.get(channel.name))
+        if shown is not None:  # None: not in the file at all (a test that was not ordered)
+            observed[channel.name], intervals[channel.name] = shown
     return observed, intervals
 
 
-def truth_frame(plans: list[AdmissionPlan]) -> pd.DataFrame:
+def truth_frame(plans: list[AdmissionPlan], task: Task | str = DEFAULT_TASK) -> pd.DataFrame:
     """One row per admission: ids, label, the oracles and which modalities are in the window."""
     frame = pd.DataFrame(
         {
@@ -198,7 +208,8 @@ def truth_frame(plans: list[AdmissionPlan]) -> pd.DataFrame:
             "label": np.array([a.label for a in plans], dtype="int64"),
         }
     )
-    oracles = ev.oracle([a.intervals for a in plans], [a.present for a in plans])
+    channels = get_task(task).channels
+    oracles = ev.oracle([a.intervals for a in plans], [a.present for a in plans], channels)
     for name, values in oracles.items():
         frame[name] = values
     for m in ev.MODALITIES:
@@ -206,6 +217,9 @@ def truth_frame(plans: list[AdmissionPlan]) -> pd.DataFrame:
     return frame
 
 
-def simulate_truth(admissions: int = 300, seed: int = 0) -> pd.DataFrame:
+def simulate_truth(
+    admissions: int = 300, seed: int = 0, task: Task | str = DEFAULT_TASK
+) -> pd.DataFrame:
     """The truth `generate` would write for this seed (admissions.parquet), without any file."""
-    return truth_frame([a for p in plan_patients(admissions, seed) for a in p.admissions])
+    plans = [a for p in plan_patients(admissions, seed, task) for a in p.admissions]
+    return truth_frame(plans, task)

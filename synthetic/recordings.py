@@ -1,8 +1,11 @@
 """Lung-sound-like recordings (WAV PCM16/PCM24/float32, FLAC) and audio/manifest.csv rows.
 
-The label's only trace is the number of crackles (evidence.crackle_count): short transients in
-the 500-1200 Hz band, which survives the pipeline's resampling to 4 kHz. Breathing noise, heart
-sounds at a random rate, mains hum, gain, sample rate, channels and encoding are label-free.
+The label's only trace is the task's sign (tasks.AUDIO_SIGNS): the number of crackles
+(evidence.crackle_count: short transients in the 500-1200 Hz band, which survives the
+pipeline's resampling to 4 kHz), a third heart sound in a share of the heart cycles, beats
+dropped from a share of the cycles, or a wheeze (a tone whose duration and loudness follow the
+score). Breathing noise, the heart's rate, mains hum, gain, sample rate, channels and encoding
+are label-free.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class RecordingSpec:
     container: str
     subtype: str
     sound_seed: tuple[int, ...]
+    sign: str = "crackles"  # crackles use `crackles`; the other signs `amount`
+    amount: float = 0.0  # share of cycles with an S3 / dropped, or the wheeze's extent
 
 
 def choose_format(rng: np.random.Generator) -> dict:
@@ -69,7 +74,13 @@ def lung_sound(rng: np.random.Generator, spec: RecordingSpec) -> np.ndarray:
     rate = spec.sample_rate
     n = int(round(spec.seconds * rate))
     t = np.arange(n) / rate
-    mono = _breathing(rng, t, rate) + _heart(rng, t, rate) + _crackles(rng, n, rate, spec.crackles)
+    mono = (
+        _breathing(rng, t, rate)
+        + _heart(rng, t, rate, spec)
+        + _crackles(rng, n, rate, spec.crackles)
+    )
+    if spec.sign == "wheeze" and spec.amount > 0:  # drawn after pneumonia's draws
+        mono += _wheeze(rng, t, spec.amount)
     mono += rng.uniform(0.005, 0.02) * rng.standard_normal(n, dtype=np.float32)  # mic hiss
     if rng.random() < 0.2:  # mains hum
         mono += 0.05 * np.sin(2 * np.pi * float(rng.choice([50.0, 60.0])) * t)
@@ -99,16 +110,55 @@ def _breathing(rng: np.random.Generator, t: np.ndarray, rate: int) -> np.ndarray
     return 0.3 * noise * (0.3 + 0.7 * swell * np.sqrt(swell))
 
 
-def _heart(rng: np.random.Generator, t: np.ndarray, rate: int) -> np.ndarray:
-    """S1 and S2 as damped low tones at a random heart rate."""
+def _heart(rng: np.random.Generator, t: np.ndarray, rate: int, spec: RecordingSpec) -> np.ndarray:
+    """S1 and S2 as damped low tones at a random heart rate; the sign may add an S3 to a share
+    of the cycles or drop a share of the beats (which cycles: evenly spread, no draw)."""
     beat = 60.0 / rng.uniform(55, 115)
     sound = np.zeros_like(t)
     start = rng.uniform(0, beat)
-    tone = _damped(rate, freq=rng.uniform(40, 70), decay=0.02, seconds=0.16)  # no end click
-    for onset in np.arange(start, t[-1], beat):
+    freq = rng.uniform(40, 70)
+    tone = _damped(rate, freq=freq, decay=0.02, seconds=0.16)  # no end click
+    third = _damped(rate, freq=0.6 * freq, decay=0.03, seconds=0.14)
+    for k, onset in enumerate(np.arange(start, t[-1], beat)):
+        if spec.sign == "dropped" and _chosen(k, spec.amount):
+            continue
         for offset, gain in ((0.0, 1.0), (0.3, 0.7)):
             _add(sound, tone * gain * 0.8, int((onset + offset) * rate))
+        if spec.sign == "s3" and _chosen(k, spec.amount):
+            _add(sound, third * 0.75, int((onset + 0.44) * rate))
     return sound
+
+
+def _chosen(k: int, share: float) -> bool:
+    """Cycle k is one of `share` of them, spread evenly (Bresenham): every 4th at 0.25."""
+    return int((k + 1) * share + 1e-9) > int(k * share + 1e-9)
+
+
+# A state of the periodic signs (evidence.Levels) -> the share of cycles it marks.
+S3_SHARE_PER_LEVEL = 0.25
+DROPPED_SHARE_PER_LEVEL = 0.15
+
+
+def sign_amount(sign: str, state: float) -> float:
+    """RecordingSpec.amount of a channel's rendered state."""
+    if sign == "s3":
+        return S3_SHARE_PER_LEVEL * state
+    if sign == "dropped":
+        return DROPPED_SHARE_PER_LEVEL * state
+    return float(state)
+
+
+def _wheeze(rng: np.random.Generator, t: np.ndarray, extent: float) -> np.ndarray:
+    """A continuous musical tone (fundamental and an octave, a slow vibrato) lasting a share of
+    the recording that grows with the extent, louder too."""
+    freq = rng.uniform(250, 650)
+    share = min(0.25 + 0.2 * extent, 0.95)
+    begin = rng.uniform(0.0, 1.0 - share) * t[-1]
+    inside = (t >= begin) & (t < begin + share * t[-1])
+    fade = np.clip(np.minimum(t - begin, begin + share * t[-1] - t) / 0.05, 0.0, 1.0)
+    phase = 2 * np.pi * freq * t + 0.8 * np.sin(2 * np.pi * rng.uniform(2, 5) * t)
+    tone = np.sin(phase) + 0.4 * np.sin(2 * phase)
+    return (0.12 + 0.05 * min(extent, 3.0)) * tone * fade * inside
 
 
 def _crackles(rng: np.random.Generator, n: int, rate: int, count: int) -> np.ndarray:

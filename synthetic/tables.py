@@ -1,8 +1,8 @@
 """MIMIC-IV "hosp" rows: patients, admissions, labevents (+ d_labitems), diagnoses_icd.
 
-Only WBC, CRP and temperature in the first panel of the window carry the label (evidence.py);
-every other lab, every categorical column and every code other than the pneumonia one is drawn
-without looking at the label.
+Only the task's lab channels carry the label (pneumonia: WBC, CRP and temperature in the first
+panel of the window; tasks.py names the others); every other lab, every categorical column and
+every code other than the target's is drawn without looking at the label.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from clinfuse.synthetic.population import (
     AdmissionPlan,
     PatientPlan,
 )
+from clinfuse.synthetic.tasks import PNEUMONIA, Task
 
 # MIMIC-IV's column order; the optional columns are filled so readers meet the real thing.
 PATIENT_COLUMNS = ("subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod")
@@ -75,7 +76,14 @@ LAB_ITEMS = (
     LabItem(50971, "Potassium", "Blood", "Chemistry", "mEq/L", 3.3, 5.1, 4.2, 0.45, False, 1),
     LabItem(50813, "Lactate", "Blood", "Blood Gas", "mmol/L", 0.5, 2.0, 1.4, 0.4, True, 1),
 )
-ITEMS = {item.itemid: item for item in LAB_ITEMS}
+# Items only other tasks chart (their values come from the task's channel, never from here).
+TASK_ITEMS = (
+    LabItem(50963, "NT-proBNP", "Blood", "Chemistry", "pg/mL", 0, 125, 300, 0.9, True, 0),
+    LabItem(51006, "Urea Nitrogen", "Blood", "Chemistry", "mg/dL", 6, 20, 17, 0.35, True, 0),
+    LabItem(50818, "pCO2", "Blood", "Blood Gas", "mm Hg", 35, 45, 42, 6, False, 0),
+    LabItem(51200, "Eosinophils", "Blood", "Hematology", "%", 0.0, 4.0, 2.0, 0.6, True, 1),
+)
+ITEMS = {item.itemid: item for item in LAB_ITEMS + TASK_ITEMS}
 SIGNAL_ITEMS = {item.channel: item for item in LAB_ITEMS if item.channel}
 # Text-only results: valuenum empty, value a word (MIMIC is full of them; they are good rows).
 TEXT_ITEMS = {
@@ -84,10 +92,9 @@ TEXT_ITEMS = {
 }
 CBC = (51222, 51265, 51256)
 CHEMISTRY = (50983, 50971, 50912)
-LATE_ITEMS = ("wbc", "crp", "temperature")
 
-ICD10_PNEUMONIA = ("J189", "J181", "J159", "J156", "J13", "J1289", "J122", "J168", "J150", "J188")
-ICD9_PNEUMONIA = ("486", "4829", "481", "4821", "485", "4800", "4838")
+ICD10_PNEUMONIA = PNEUMONIA.icd10_codes
+ICD9_PNEUMONIA = PNEUMONIA.icd9_codes
 # Other codes, some of them near misses of the target (aspiration pneumonitis J69/507,
 # bronchitis J20/466, influenza 487): labels are decided on prefixes, not on words.
 ICD10_OTHER = (
@@ -100,8 +107,16 @@ ICD9_OTHER = (
 )  # fmt: skip
 
 
-def labitem_rows() -> Iterator[dict]:
-    for item in LAB_ITEMS:
+def task_items(task: Task) -> tuple[LabItem, ...]:
+    """d_labitems of a task: pneumonia's list as it always was; others put theirs first."""
+    if task.labs == PNEUMONIA.labs:
+        return LAB_ITEMS
+    signals = tuple(ITEMS[i] for i in task.labs.values())
+    return signals + tuple(i for i in LAB_ITEMS if i.itemid not in task.labs.values())
+
+
+def labitem_rows(task: Task = PNEUMONIA) -> Iterator[dict]:
+    for item in task_items(task):
         yield {
             "itemid": item.itemid,
             "label": item.label,
@@ -164,14 +179,18 @@ def _pick(rng: np.random.Generator, options: tuple) -> object:
     return options[int(rng.integers(len(options)))]
 
 
-def diagnosis_rows(adm: AdmissionPlan, rng: np.random.Generator) -> list[dict]:
-    """Codes of one admission; a positive holds one pneumonia code among label-free others."""
+def diagnosis_rows(
+    adm: AdmissionPlan, rng: np.random.Generator, task: Task = PNEUMONIA
+) -> list[dict]:
+    """Codes of one admission; a positive holds one target code among label-free others."""
     version = 9 if rng.random() < 0.35 else 10
     others = ICD9_OTHER if version == 9 else ICD10_OTHER
+    # A negative must not carry the target (pneumonia's others never do: the tuple is unchanged).
+    others = tuple(code for code in others if not task.target.matches(code, version))
     picks = rng.choice(len(others), size=int(rng.integers(1, 9)), replace=False)
     codes = [others[int(i)] for i in picks]
     if adm.label:
-        target = ICD9_PNEUMONIA if version == 9 else ICD10_PNEUMONIA
+        target = task.icd9_codes if version == 9 else task.icd10_codes
         where = 0 if rng.random() < 0.6 else int(rng.integers(0, len(codes) + 1))
         codes.insert(where, target[int(rng.integers(len(target)))])
     return [
@@ -199,34 +218,61 @@ class LabRow:
     late: bool = False
 
 
-def admission_labs(adm: AdmissionPlan, rng: np.random.Generator) -> list[LabRow]:
-    """The first panel (with the evidence), maybe a second, and maybe a late panel (leak)."""
+def admission_labs(
+    adm: AdmissionPlan, rng: np.random.Generator, task: Task = PNEUMONIA
+) -> list[LabRow]:
+    """The first panel (with the evidence), maybe a second, and maybe a late panel (leak); a
+    trend's later reading last, so that tasks without one draw what pneumonia always drew."""
     rows: list[LabRow] = []
     if adm.present["ehr"]:
-        rows += _first_panel(adm, rng)
+        rows += _first_panel(adm, rng, task)
         if rng.random() < 0.5:
             when = adm.admittime + _hours(rng, 8.0, IN_WINDOW_LAST.total_seconds() / 3600)
-            rows += _nuisance_panel(adm, rng, when, CHEMISTRY + (51222,))
+            rows += _nuisance_panel(adm, rng, when, _nuisance(task, CHEMISTRY + (51222,)))
         if rng.random() < 0.3:
             rows += _urine(adm, rng, adm.admittime + _hours(rng, 0.5, 19.0))
     if rng.random() < 0.6:
-        rows += _late_panel(adm, rng)
+        rows += _late_panel(adm, rng, task)
+    if adm.present["ehr"]:
+        rows += _trend_readings(adm, rng, task)
     return sorted(rows, key=lambda r: (r.charttime, r.itemid))
+
+
+def _nuisance(task: Task, itemids: tuple[int, ...]) -> tuple[int, ...]:
+    """Label-free items of a panel: a task's signal item is charted only as its channel says
+    (a trend's item twice, no more, so that last - first is the trend)."""
+    return tuple(i for i in itemids if i not in task.labs.values())
+
+
+def _trend_readings(adm: AdmissionPlan, rng: np.random.Generator, task: Task) -> list[LabRow]:
+    """The later reading of each trend channel, 10-20 h into the window, after the first panel."""
+    rows = []
+    for channel in task.of("ehr"):
+        if isinstance(channel.render, ev.Trend) and channel.name in adm.observed:
+            when = adm.admittime + _hours(rng, 10.0, IN_WINDOW_LAST.total_seconds() / 3600)
+            item, value = ITEMS[task.labs[channel.name]], adm.observed[channel.name]
+            rows.append(_lab(adm.subject_id, adm.hadm_id, item, when, value, rng, "ROUTINE"))
+    return rows
 
 
 def _hours(rng: np.random.Generator, low: float, high: float) -> timedelta:
     return timedelta(minutes=int(rng.uniform(low, high) * 60))
 
 
-def _first_panel(adm: AdmissionPlan, rng: np.random.Generator) -> list[LabRow]:
+def _first_panel(adm: AdmissionPlan, rng: np.random.Generator, task: Task) -> list[LabRow]:
     when = adm.admittime + _hours(rng, 0.3, 8.0)
     hadm = None if rng.random() < 0.1 else adm.hadm_id  # an ED draw: linked by its time
     priority = _pick(rng, ("STAT", "ROUTINE", None))
     rows = []
-    for channel, item in SIGNAL_ITEMS.items():
-        value = adm.observed[channel]
-        rows.append(_lab(adm.subject_id, hadm, item, when, value, rng, priority))
+    for channel, itemid in task.labs.items():
+        if channel not in adm.observed:  # a rare test that was not ordered
+            continue
+        value = adm.aux[channel] if _is_trend(task, channel) else adm.observed[channel]
+        rows.append(_lab(adm.subject_id, hadm, ITEMS[itemid], when, value, rng, priority))
     extra = CBC + CHEMISTRY + ((50813,) if rng.random() < 0.6 else ())
+    if task.labs != PNEUMONIA.labs:  # WBC, CRP, temperature: label-free in the other tasks
+        extra = tuple(PNEUMONIA.labs.values()) + extra
+    extra = _nuisance(task, extra)
     rows += [
         _lab(adm.subject_id, hadm, ITEMS[i], when, _nuisance_value(ITEMS[i], rng), rng, priority)
         for i in extra
@@ -252,18 +298,33 @@ def _urine(adm: AdmissionPlan, rng: np.random.Generator, when: datetime) -> list
     ]
 
 
-def _late_panel(adm: AdmissionPlan, rng: np.random.Generator) -> list[LabRow]:
-    """WBC/CRP/temperature after the window, shifted further for positives: a leak."""
+def _is_trend(task: Task, channel: str) -> bool:
+    return any(c.name == channel and isinstance(c.render, ev.Trend) for c in task.channels)
+
+
+def _late_panel(adm: AdmissionPlan, rng: np.random.Generator, task: Task) -> list[LabRow]:
+    """The task's labs after the window, shifted further for positives: a leak."""
     span = (adm.dischtime - adm.admittime - LATE_FIRST).total_seconds() / 3600 - 1.0
     when = adm.admittime + LATE_FIRST + _hours(rng, 0.0, span)
     rows = []
-    for channel in LATE_ITEMS:
+    for channel in task.of("ehr"):
         score = adm.late_scores["ehr"] + float(rng.normal(0.0, 0.5))
-        value, _ = ev.lab_reading(channel, score)
-        row = _lab(adm.subject_id, adm.hadm_id, SIGNAL_ITEMS[channel], when, value, rng, "ROUTINE")
+        flip = bool(rng.random() < 0.5) if channel.sd != 1.0 else False
+        value = _late_value(channel, channel.late(score, adm.label, flip), adm)
+        item = ITEMS[task.labs[channel.name]]
+        row = _lab(adm.subject_id, adm.hadm_id, item, when, value, rng, "ROUTINE")
         row.late = True
         rows.append(row)
     return rows
+
+
+def _late_value(channel: ev.Channel, score: float, adm: AdmissionPlan) -> float:
+    """A late reading renders like the window's (a trend from its first reading; a rare test
+    as if it had been ordered)."""
+    render = channel.render.lab if isinstance(channel.render, ev.Rare) else channel.render
+    if isinstance(render, ev.Trend):
+        return render.observe(score, 0.0, adm.aux[channel.name])[0]
+    return render.observe(score, 0.0, None)[0]
 
 
 def outpatient_labs(patient: PatientPlan, rng: np.random.Generator) -> list[LabRow]:

@@ -4,6 +4,8 @@
 <out>.truth/quarantine.csv       modality, source, reason: every planted bad input
 <out>.truth/leaks.csv            kind, modality, source, subject_id, hadm_id, time
 <out>.truth/summary.json         counts, oracle AUROCs, parameters (no paths, no clock)
+<out>.truth/task.json            the task: name, target, channels, signs, no-signal modalities
+<out>.truth/config.yaml          a `clinfuse run --config` that labels the task's target
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy.stats import rankdata
 
 from clinfuse.assets.ingest.quarantine import COLUMNS as QUARANTINE_COLUMNS
@@ -55,6 +58,7 @@ def write_truth(
     quarantine: list[dict],
     leaks: list[dict],
     summary: dict,
+    task: dict | None = None,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     admissions.to_parquet(folder / "admissions.parquet", index=False)
@@ -62,3 +66,11 @@ def write_truth(
     write_rows(folder, "leaks.csv", LEAK_COLUMNS, leaks)
     text = json.dumps(summary, indent=2, sort_keys=True)
     (folder / "summary.json").write_text(text + "\n", encoding="utf-8")
+    if task is not None:
+        _write_json(folder / "task.json", task)
+        config = yaml.safe_dump({"target": task["target"]}, sort_keys=False)
+        (folder / "config.yaml").write_text(config, encoding="utf-8")
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -17,6 +17,7 @@ from clinfuse.synthetic import imaging, notes, recordings, streams, tables
 from clinfuse.synthetic.imaging import Identity, ImageSpec
 from clinfuse.synthetic.population import IN_WINDOW_LAST, LATE_FIRST, AdmissionPlan, PatientPlan
 from clinfuse.synthetic.recordings import RecordingSpec
+from clinfuse.synthetic.tasks import PNEUMONIA, Task
 from clinfuse.synthetic.writers import Table, iso
 
 EHR_FILES = {
@@ -39,8 +40,8 @@ MANIFEST_HADM_SHARE = 0.6  # audio manifest rows that carry hadm_id (the others 
 
 
 class Zone:
-    def __init__(self, root: Path, seed: int, image_size: int) -> None:
-        self.root, self.seed, self.image_size = root, seed, image_size
+    def __init__(self, root: Path, seed: int, image_size: int, task: Task = PNEUMONIA) -> None:
+        self.root, self.seed, self.image_size, self.task = root, seed, image_size, task
         self.tables: dict[str, Table] = {
             name: Table(root, path, columns) for name, (path, columns) in EHR_FILES.items()
         }
@@ -48,7 +49,7 @@ class Zone:
             self.tables[note_type] = Table(root, path, notes.NOTE_COLUMNS)
         self.tables["audio"] = Table(root, AUDIO_MANIFEST, recordings.MANIFEST_COLUMNS)
         self.tables["dicom"] = Table(root, DICOM_MANIFEST, DICOM_MANIFEST_COLUMNS)
-        for row in tables.labitem_rows():
+        for row in tables.labitem_rows(task):
             self.tables["d_labitems"].write(row)
         self.quarantine: list[dict] = []
         self.leaks: list[dict] = []
@@ -117,7 +118,7 @@ class Zone:
             patient, streams.render_rng(self.seed, patient.subject_id, streams.OUTPATIENT)
         )
         for adm in patient.admissions:
-            rows += tables.admission_labs(adm, self._rng(adm, streams.LABS))
+            rows += tables.admission_labs(adm, self._rng(adm, streams.LABS), self.task)
         by_hadm = {a.hadm_id: a for a in patient.admissions}
         rng = streams.render_rng(self.seed, patient.subject_id, streams.LAB_RECORDS)
         table = self.tables["labevents"]
@@ -132,7 +133,7 @@ class Zone:
         self.tables["admissions"].write(
             tables.admission_row(adm, self._rng(adm, streams.ADMISSION_ROW))
         )
-        for row in tables.diagnosis_rows(adm, self._rng(adm, streams.DIAGNOSES)):
+        for row in tables.diagnosis_rows(adm, self._rng(adm, streams.DIAGNOSES), self.task):
             self.tables["diagnoses_icd"].write(row)
         late_image = self._images(patient, who, adm)
         self._notes(patient, adm, late_image)
@@ -146,16 +147,19 @@ class Zone:
         rng = self._rng(adm, streams.NOTES)
         if adm.present["text"]:
             when = adm.admittime + _minutes(rng, 30, 6 * 60)
-            self._note(patient, adm, "HP", when, notes.hp_text(patient, adm, rng))
+            self._note(patient, adm, "HP", when, notes.hp_text(patient, adm, rng, self.task))
         if late_image is not None:
             when, extent = late_image
-            number = self._note(
-                patient, adm, "RR", when + timedelta(minutes=20), notes.radiology_text(extent, rng)
-            )
+            report = notes.radiology_text(extent, rng, self.task.image_sign)
+            number = self._note(patient, adm, "RR", when + timedelta(minutes=20), report)
             self.leak("late note", "note", self.tables["RR"].where(number), adm, when)
         if rng.random() < DISCHARGE_SUMMARY_SHARE:
             number = self._note(
-                patient, adm, "DS", adm.dischtime, notes.discharge_text(patient, adm, rng)
+                patient,
+                adm,
+                "DS",
+                adm.dischtime,
+                notes.discharge_text(patient, adm, rng, self.task),
             )
             self.leak(
                 "discharge summary", "note", self.tables["DS"].where(number), adm, adm.dischtime
@@ -176,13 +180,14 @@ class Zone:
     ) -> tuple[datetime, float] | None:
         """The window's image (evidence) and maybe a later one (a leak): (time, extent) of it."""
         rng = self._rng(adm, streams.IMAGES)
+        channel = self.task.image_channel
         if adm.present["image"]:
             when = adm.admittime + _seconds(rng, 3600, IN_WINDOW_LAST.total_seconds())
-            self.image(patient, who, adm, rng, 0, when, adm.observed["opacity"])
+            self.image(patient, who, adm, rng, 0, when, adm.observed[channel.name])
         if rng.random() >= LATE_IMAGE_SHARE:
             return None
         when = _late_time(rng, adm)
-        extent, _ = ev.opacity_extent(adm.late_scores["image"])
+        extent = _late_state(channel, adm, "image", 0.0)
         spec = self.image(patient, who, adm, rng, 1, when, extent)
         self.leak("late image", "dicom", spec.path, adm, when)
         return when, extent
@@ -215,6 +220,7 @@ class Zone:
             accession=f"{int(rng.integers(1_000_000_000, 9_999_999_999))}",
             pixel_seed=(self.seed, 3, *key),
             **imaging.choose_format(rng),
+            sign=self.task.image_sign,
         )
 
     def image(
@@ -247,15 +253,16 @@ class Zone:
 
     def _recordings(self, patient: PatientPlan, adm: AdmissionPlan) -> None:
         rng = self._rng(adm, streams.RECORDINGS)
+        channel = self.task.audio_channel
         if adm.present["audio"]:
             when = adm.admittime + _seconds(rng, 1800, IN_WINDOW_LAST.total_seconds())
-            count = int(adm.observed["crackles"])
-            self.recording(rng, patient.subject_id, adm, 0, when, adm.recording_seconds, count)
+            state = adm.observed[channel.name]
+            self.recording(rng, patient.subject_id, adm, 0, when, adm.recording_seconds, state)
         if rng.random() < LATE_RECORDING_SHARE:
             when = _late_time(rng, adm)
             seconds = round(float(rng.uniform(3.0, 6.0)), 2)
-            count, _ = ev.crackle_count(adm.late_scores["audio"], seconds)
-            spec = self.recording(rng, patient.subject_id, adm, 1, when, seconds, count)
+            state = _late_state(channel, adm, "audio", seconds)
+            spec = self.recording(rng, patient.subject_id, adm, 1, when, seconds, state)
             self.leak("late recording", "audio", spec.path, adm, when)
 
     def recording_spec(
@@ -267,6 +274,7 @@ class Zone:
         when: datetime,
         seconds: float,
         crackles: int,
+        amount: float = 0.0,
     ) -> RecordingSpec:
         fmt = recordings.choose_format(rng)
         folder = f"audio/{subject_id}/{when:%Y%m%d}" if rng.random() < 0.7 else "audio/uploads"
@@ -284,6 +292,8 @@ class Zone:
             container=fmt["container"],
             subtype=fmt["subtype"],
             sound_seed=(self.seed, 4, *key),
+            sign=self.task.audio_sign,
+            amount=amount,
         )
 
     def recording(
@@ -294,10 +304,15 @@ class Zone:
         n: int,
         when: datetime,
         seconds: float,
-        crackles: int,
+        state: float,
     ) -> RecordingSpec:
+        """A recording showing the audio channel's state (crackles: the count)."""
+        sign = self.task.audio_sign
+        crackles = int(state) if sign == "crackles" else 0
+        amount = 0.0 if sign == "crackles" else recordings.sign_amount(sign, state)
         hadm = adm.hadm_id if rng.random() < MANIFEST_HADM_SHARE else None
-        spec = self.recording_spec(rng, subject_id, hadm, (adm.hadm_id, n), when, seconds, crackles)
+        key = (adm.hadm_id, n)
+        spec = self.recording_spec(rng, subject_id, hadm, key, when, seconds, crackles, amount)
         recordings.write_recording(self.root, spec)
         self.tables["audio"].write(recordings.manifest_row(spec))
         self.files["audio"] += 1
@@ -310,6 +325,13 @@ def _minutes(rng: np.random.Generator, low: float, high: float) -> timedelta:
 
 def _seconds(rng: np.random.Generator, low: float, high: float) -> timedelta:
     return timedelta(seconds=int(rng.uniform(low, high)))
+
+
+def _late_state(channel: ev.Channel, adm: AdmissionPlan, modality: str, seconds: float) -> float:
+    """What a file charted after the window shows: the channel's rendering of the late score
+    (further along for a positive: a leak)."""
+    score = channel.late(adm.late_scores[modality], adm.label, flip=False)
+    return channel.render.observe(score, seconds, adm.aux.get(channel.name))[0]
 
 
 def _late_time(rng: np.random.Generator, adm: AdmissionPlan) -> datetime:
