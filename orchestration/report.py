@@ -12,7 +12,7 @@ import pandas as pd
 from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.ingest.counting import EHR_TABLES
 
-METRIC_KEYS = ("auroc", "auprc", "accuracy", "recall", "f1", "brier")
+METRIC_KEYS = ("auroc", "auprc", "accuracy", "recall", "f1", "brier", "ece")
 PREDICTION_COLUMNS = ["hadm_id", "subject_id", "label", "p_fusion", *[f"p_{m}" for m in MODALITIES]]
 INGEST_ASSETS = {"note": "notes", "dicom": "dicom_index", "audio": "recording_index"}
 

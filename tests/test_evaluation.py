@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from clinfuse.assets.evaluation.assets import calibration_table
 from clinfuse.assets.evaluation.metrics import (
     METRIC_KEYS,
     SUBGROUP_COLUMNS,
@@ -27,6 +28,7 @@ from clinfuse.assets.evaluation.plots import (
     pr_plot,
     roc_plot,
 )
+from clinfuse.models.calibration import calibration_line
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -228,3 +230,84 @@ def test_model_card_markdown():
         assert heading in card
     assert "| audio |" in card and "n/a" in card  # audio never predicts positive: precision n/a
     assert "- Synthetic data only." in card and "| without image | 0.750 |" in card
+
+
+# --- calibration line and the card's calibration section ------------------------------------
+
+
+def _calibrated(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from p itself: perfectly calibrated by construction."""
+    rng = np.random.default_rng(seed)
+    p = 1 / (1 + np.exp(-rng.normal(0, 1.5, n)))
+    return (rng.random(n) < p).astype(int), p
+
+
+def test_calibration_line_of_calibrated_and_over_confident_probabilities():
+    y, p = _calibrated(20_000)
+    slope, intercept = calibration_line(y, p)
+    assert slope == pytest.approx(1.0, abs=0.05) and intercept == pytest.approx(0.0, abs=0.05)
+    over_confident = 1 / (1 + np.exp(-2 * np.log(p / (1 - p))))  # logit doubled
+    slope, intercept = calibration_line(y, over_confident)
+    assert slope == pytest.approx(0.5, abs=0.03) and intercept == pytest.approx(0.0, abs=0.05)
+    assert all(np.isnan(calibration_line([1, 1, 1], [0.2, 0.5, 0.9])))  # one class
+
+
+def _predictions_frame(n: int = 400) -> pd.DataFrame:
+    """The predictions asset's columns that the calibration needs: audio was not trained."""
+    y, p = _calibrated(n, seed=4)
+    logit = np.log(p / (1 - p))
+    return pd.DataFrame(
+        {
+            "split": ["validation", "test"] * (n // 2),
+            "label": y,
+            "p_fusion": p,
+            "p_ehr": 1 / (1 + np.exp(-2 * logit)),
+            "p_text": 1 / (1 + np.exp(-0.5 * logit)),
+            "p_image": p,
+            "p_audio": np.full(n, np.nan),
+        }
+    )
+
+
+def test_calibration_table_is_on_the_test_split():
+    frame = _predictions_frame()
+    table = calibration_table(frame)
+    assert list(table) == ["fusion", "ehr", "text", "image"]  # audio: no predictions
+    test = frame[frame["split"] == "test"]
+    slope, intercept = calibration_line(test["label"], test["p_fusion"])
+    assert table["fusion"] == {
+        "ece": pytest.approx(expected_calibration_error(test["label"], test["p_fusion"])),
+        "slope": pytest.approx(slope),
+        "intercept": pytest.approx(intercept),
+    }
+    assert table["ehr"]["slope"] < table["fusion"]["slope"] < table["text"]["slope"]
+    one_class = frame.assign(label=1)
+    assert calibration_table(one_class)["fusion"]["slope"] is None  # JSON null, card n/a
+
+
+def test_model_card_calibration_section():
+    frame = _predictions_frame()
+    calibration = calibration_table(frame)
+    test = frame[frame["split"] == "test"]
+    y, p = test["label"], test["p_fusion"]
+    card = model_card(
+        model_name="clinfuse-pneumonia",
+        version="3",
+        target="pneumonia",
+        cohort_summary={"admissions": 400, "positives": 90, "test": 200},
+        metrics={"fusion": binary_metrics(y, p, 0.5)},
+        intervals=bootstrap_intervals(y, p, 0.5, n_boot=20),
+        ablation={"fusion": {"auroc": 0.8}},
+        subgroups=pd.DataFrame(),
+        limits=["Synthetic data only."],
+        calibration=calibration,
+        reliability_diagram="calibration.png",
+    )
+    section = card.split("## Calibration\n\n", 1)[1].split("\n## ", 1)[0]
+    assert "| model | ECE | slope | intercept |" in section
+    for model, row in calibration.items():
+        cells = " | ".join(f"{row[k]:.3f}" for k in ("ece", "slope", "intercept"))
+        assert f"| {model} | {cells} |" in section
+    assert "| audio |" not in section
+    assert "![Reliability diagram](calibration.png)" in section
+    assert card.index("## Calibration") < card.index("## Ablation")

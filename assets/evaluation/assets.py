@@ -1,6 +1,7 @@
 """The evaluation asset: honest metrics on the frozen test split, logged to the model's run."""
 
 import json
+import math
 from pathlib import Path
 
 import dagster as dg
@@ -10,11 +11,15 @@ from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import plots
 from clinfuse.assets.evaluation.model_card import model_card
+from clinfuse.models.calibration import calibration_line
 from clinfuse.orchestration.mlflow_resource import MLflowResource
 from clinfuse.orchestration.resources import PipelineSettings, WorkDir
 
 GROUP = "evaluation"
 MODELS = ("fusion", *MODALITIES)
+# The fusion model's reliability diagram; the card links it by this name, and both are logged
+# to the same MLflow artifact folder and written to the same work folder.
+RELIABILITY_DIAGRAM = "calibration.png"
 
 
 def score_models(predictions: pd.DataFrame) -> tuple[dict, dict]:
@@ -30,6 +35,25 @@ def score_models(predictions: pd.DataFrame) -> tuple[dict, dict]:
         thresholds[model] = m.choose_threshold(validation["label"], validation[column])
         metrics[model] = m.binary_metrics(test["label"], test[column], thresholds[model])
     return metrics, thresholds
+
+
+def calibration_table(predictions: pd.DataFrame) -> dict[str, dict]:
+    """{model: {"ece", "slope", "intercept"}} on the test split, for the models that scored it.
+
+    slope and intercept are the logistic recalibration line (label regressed on logit p):
+    slope 1 and intercept 0 are perfect, a slope below 1 is over-confident. Undefined values
+    (one class in the test split) are None, as in the metrics.
+    """
+    test = predictions[predictions["split"] == "test"]
+    table = {}
+    for model in MODELS:
+        y, p = m.drop_unscored(test["label"], test[f"p_{model}"])
+        if not p.size:
+            continue
+        slope, intercept = calibration_line(y, p)
+        values = {"ece": m.expected_calibration_error(y, p), "slope": slope, "intercept": intercept}
+        table[model] = {k: v if math.isfinite(v) else None for k, v in values.items()}
+    return table
 
 
 def ablation(predictions: pd.DataFrame, threshold: float) -> dict[str, dict]:
@@ -49,7 +73,7 @@ def write_plots(predictions: pd.DataFrame, threshold: float, folder: Path) -> li
         if test[f"p_{model}"].notna().any()
     }
     y, p = test["label"].to_numpy(), test["p_fusion"].to_numpy()
-    paths = [folder / n for n in ("roc.png", "pr.png", "calibration.png", "confusion.png")]
+    paths = [folder / n for n in ("roc.png", "pr.png", RELIABILITY_DIAGRAM, "confusion.png")]
     plots.roc_plot(curves, paths[0])
     plots.pr_plot(curves, paths[1])
     plots.calibration_plot(y, p, paths[2])
@@ -68,7 +92,8 @@ def evaluation(
     fusion_model: dict,
 ) -> dict:
     """AUROC, AUPRC, accuracy, recall, F1, Brier, ECE with 95% patient-bootstrap intervals, per
-    model, the modality ablation, subgroups by sex and age band, plots and a model card."""
+    model, calibration slope and intercept, the modality ablation, subgroups by sex and age
+    band, plots and a model card."""
     import mlflow as mlflow_api
 
     metrics, thresholds = score_models(predictions)
@@ -80,6 +105,7 @@ def evaluation(
         )
         for model in thresholds
     }
+    calibration = calibration_table(predictions)
     removed = ablation(predictions, threshold)
     frame = pd.DataFrame({"sex": test["gender"], "age_band": test["anchor_age"].map(m.age_band)})
     subgroups = m.subgroup_metrics(test["label"], test["p_fusion"], threshold, frame)
@@ -95,6 +121,8 @@ def evaluation(
         },
         metrics=metrics,
         intervals=intervals["fusion"],
+        calibration=calibration,
+        reliability_diagram=RELIABILITY_DIAGRAM,
         ablation=removed,
         subgroups=subgroups,
         limits=[
@@ -112,6 +140,7 @@ def evaluation(
         "intervals": {
             model: {k: list(v) for k, v in bounds.items()} for model, bounds in intervals.items()
         },
+        "calibration": calibration,
         "ablation": removed,
         "test_admissions": len(test),
         "mlflow_run_id": fusion_model["mlflow_run_id"],
@@ -136,6 +165,14 @@ def evaluation(
                 if isinstance(bound, int | float)
             }
         )
+        mlflow_api.log_metrics(
+            {
+                f"test_{model}_calibration_{k}": row[k]
+                for model, row in calibration.items()
+                for k in ("slope", "intercept")
+                if row[k] is not None
+            }
+        )
         for path in [
             *write_plots(predictions, threshold, folder),
             folder / "model_card.md",
@@ -149,6 +186,8 @@ def evaluation(
             "test_auroc": fusion.get("auroc"),
             "test_auprc": fusion.get("auprc"),
             "test_ece": fusion.get("ece"),
+            "test_calibration_slope": calibration.get("fusion", {}).get("slope"),
+            "test_calibration_intercept": calibration.get("fusion", {}).get("intercept"),
             "threshold": threshold,
             "mlflow_url": dg.MetadataValue.url(mlflow.ui_url(run_id)),
             "model_card": dg.MetadataValue.md(card),

@@ -1,7 +1,8 @@
 """The model card: one markdown page per registered version, logged next to the model.
 
-It states what the model predicts, on whom it was evaluated, how well (with intervals), what
-each modality contributes, how it does per subgroup, and what it must not be used for.
+It states what the model predicts, on whom it was evaluated, how well (with intervals), how
+well calibrated its probabilities are, what each modality contributes, how it does per
+subgroup, and what it must not be used for.
 """
 
 from __future__ import annotations
@@ -68,6 +69,30 @@ def _interval_section(metrics: Mapping[str, Any], intervals: Mapping[str, Sequen
     return _table(["metric", "estimate", "95% interval"], rows)
 
 
+def _calibration_section(
+    calibration: Mapping[str, Mapping[str, Any]], reliability_diagram: str | None
+) -> str:
+    text = (
+        "Calibration slope and intercept come from logistic recalibration on the test split: "
+        "the label regressed on logit(p). A perfectly calibrated model has slope 1 and "
+        "intercept 0; a slope below 1 means over-confident probabilities (too extreme), above "
+        "1 under-confident. The intercept is read with the slope: at slope 1, a negative "
+        "intercept means risks are over-estimated. ECE is over 10 equal-width probability "
+        "bins.\n\n"
+    )
+    rows = [
+        [name, values.get("ece"), values.get("slope"), values.get("intercept")]
+        for name, values in calibration.items()
+    ]
+    text += _table(["model", "ECE", "slope", "intercept"], rows)
+    if reliability_diagram:
+        text += (
+            "\n\nReliability diagram of the fusion model (the same bins as the ECE, admissions "
+            f"per bin underneath):\n\n![Reliability diagram]({reliability_diagram})"
+        )
+    return text
+
+
 def _ablation_section(ablation: Mapping[str, Any]) -> str:
     if all(isinstance(v, Mapping) for v in ablation.values()):
         return _metrics_section(ablation, first="variant")
@@ -98,12 +123,17 @@ def model_card(
     ablation: dict,
     subgroups: pd.DataFrame,
     limits: list[str],
+    calibration: dict | None = None,
+    reliability_diagram: str | None = None,
 ) -> str:
     """Markdown model card.
 
     metrics: {model: {metric: value}} on the test split, the fusion model first by convention;
     intervals: {metric: (low, high)} for the fusion model (patient-level bootstrap);
     ablation: {variant: {metric: value}} or {variant: auroc};
+    calibration: {model: {"ece", "slope", "intercept"}} on the test split (the evaluation's
+    calibration_table); reliability_diagram: the file name of the fusion model's reliability
+    diagram, linked relative to the card (both are logged to the same artifact folder);
     subgroups: metrics.subgroup_metrics's table; limits: one sentence each.
     """
     fusion = metrics.get("fusion", {})
@@ -125,6 +155,12 @@ def model_card(
         "### Fusion model, 95% intervals\n\n"
         "Percentile bootstrap over test patients (a drawn patient brings all their admissions), "
         "threshold held fixed.\n\n" + _interval_section(fusion, intervals),
+    ]
+    if calibration:
+        sections.append(
+            "## Calibration\n\n" + _calibration_section(calibration, reliability_diagram)
+        )
+    sections += [
         f"## Ablation\n\n{_ablation_section(ablation)}",
         "## Subgroups\n\n"
         "Small groups are shown as they are; read their numbers with n and positives.\n\n"

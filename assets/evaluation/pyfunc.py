@@ -1,7 +1,8 @@
 """The registered model, as MLflow "models from code": this file is the model's code.
 
-Artifacts carry the state: the checkpoint (state_dict + constructor config, no pickled module),
-the fitted lab featurizer and note embedder, and the run's settings. Input: one admission per
+Artifacts carry the state: the fused model (the chosen per-modality learners, the fusion head
+and its calibration, saved by joblib from this project's own classes), the fitted lab featurizer
+and note embedder, and the run's settings. Input: one admission per
 row (serving.INPUT_COLUMNS); output: the probability of the target.
 """
 
@@ -9,29 +10,27 @@ from __future__ import annotations
 
 import json
 
+import joblib
 import mlflow
 import numpy as np
 import pandas as pd
-import torch
 
 from clinfuse.assets.evaluation.serving import serving_batch
 from clinfuse.assets.settings import settings_from_dict
-from clinfuse.assets.training.checkpoints import load_checkpoint
+from clinfuse.models.sources import BatchSource
 
 
 class ClinfuseModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         artifacts = context.artifacts
-        self.model = load_checkpoint(artifacts["checkpoint"])
+        self.model = joblib.load(artifacts["checkpoint"])
         self.lab_state = _json(artifacts["lab_featurizer"])
         self.text_state = _json(artifacts["note_embedder"])
         self.settings = settings_from_dict(_json(artifacts["settings"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         batch = serving_batch(model_input, self.lab_state, self.text_state, self.settings)
-        with torch.no_grad():
-            logits = self.model(batch)
-        return torch.sigmoid(logits.float()).numpy().astype(np.float64)
+        return np.asarray(self.model.predict_proba(BatchSource(batch)), dtype=np.float64)
 
 
 def _json(path: str) -> dict:

@@ -92,8 +92,9 @@ def _load_stack(paths: pd.Series, load, shape: tuple[int, ...]) -> tuple[np.ndar
 
 def serving_batch(
     rows: pd.DataFrame, lab_state: dict, text_state: dict, settings: Settings
-) -> dict[str, torch.Tensor]:
-    """The model's batch for these admissions, preprocessed exactly as in the pipeline."""
+) -> dict:
+    """The model's batch for these admissions, preprocessed exactly as in the pipeline: a
+    tensor per modality, the mask, and `notes` (each admission's text, or None)."""
     rows = rows.reindex(columns=INPUT_COLUMNS)
     cohort, patients, window_labs = _frames(rows, settings.window_hours)
     ehr = LabFeaturizer.from_dict(lab_state).transform(window_labs, cohort, patients)
@@ -120,6 +121,7 @@ def serving_batch(
         "image": torch.from_numpy(image),
         "audio": torch.from_numpy(audio),
         "mask": torch.from_numpy(mask),
+        "notes": [str(t) if _present(t) else None for t in rows["notes"]],
     }
 
 

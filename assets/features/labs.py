@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-AGGREGATES = ("last", "min", "max", "mean", "count")
+# "first" with "last": a trend within the window (a rising creatinine) is their difference.
+AGGREGATES = ("first", "last", "min", "max", "mean", "count")
 # Scaled values are clipped: robust scaling leaves MIMIC's sentinel values (999999, typos in
 # units) thousands of IQRs out, and one such value would dominate a network's first layer.
 CLIP = 10.0
@@ -21,7 +22,7 @@ STATE_VERSION = 1
 
 
 class LabFeaturizer:
-    """Per item and admission: last/min/max/mean/count of numeric results, plus age and sex.
+    """Per item and admission: first/last/min/max/mean/count of numeric results, plus age and sex.
 
     fit chooses the `max_items` items present in the most train admissions' windows and fits a
     robust scaling ((x - median) / IQR) per column on train admissions only. transform returns a

@@ -1,18 +1,28 @@
-"""Training assets: the fusion model and the single-modality models, same code path."""
+"""Training assets: per-modality learners chosen on validation, then the calibrated fusion.
+
+`modality_models` cross-fits every candidate learner of each modality on the train split
+(models/learners.py) and keeps the best by validation log-loss; `fusion_model` fits the fusion
+head on their out-of-fold logits and calibrates it, and each single-modality model, on
+validation (models/stacking.py). Both are tracked in MLflow.
+"""
 
 import dataclasses
 import subprocess
+from pathlib import Path
 
 import dagster as dg
+import joblib
 import numpy as np
 import pandas as pd
 
 from clinfuse.assets.cohort.availability import MODALITIES
+from clinfuse.assets.features.text import allowed_notes
 from clinfuse.assets.ingest.ingested import ShardSet
-from clinfuse.assets.training.checkpoints import load_checkpoint, save_checkpoint
 from clinfuse.assets.training.inputs import modality_inputs, split_indices
-from clinfuse.models.data import AdmissionDataset, ModalityInputs
-from clinfuse.models.training import TrainConfig, single_modality, train_fusion
+from clinfuse.models.learners import ModalityChoice, candidates, fit_modality
+from clinfuse.models.sources import CohortSource
+from clinfuse.models.stacking import FusedModel, fit_fused_model
+from clinfuse.models.training import TrainConfig
 from clinfuse.orchestration.mlflow_resource import MLflowResource
 from clinfuse.orchestration.resources import PipelineSettings, WorkDir
 
@@ -20,6 +30,7 @@ GROUP = "training"
 OWNERS = ["team:clinical-ml"]
 TRAINING_INS = (
     "cohort",
+    "notes",
     "lab_features",
     "note_features",
     "dicom_index",
@@ -32,45 +43,47 @@ TRAINING_INS = (
 class TrainingConfig(dg.Config):
     """Hyper-parameters of every model trained in a run."""
 
-    strategy: str = "late"  # early | late | attention (docs/benchmarks.md compares them)
+    strategy: str = "late"  # late: logistic regression on out-of-fold logits (docs/decisions.md)
+    # Folds of the train split for cross-fitting: linear and boosted learners, and networks
+    # (a network costs K trainings; docs/benchmarks.md measures what more folds buy).
+    crossfit_folds: int = 5
+    network_folds: int = 3
+    # The PyTorch candidates (the encoders' own networks):
     width: int = 64
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 6
-    modality_dropout: float = 0.2
     num_workers: int = 0
-    unimodal_loss: float = 1.0  # weight of each modality's own auxiliary loss (0: off)
     augment: bool = True  # MONAI augmentation of train images and spectrograms
     ema_epochs: float = 1.5  # horizon of the weights' moving average that is kept (0: off)
-    # Staged: fuse the frozen encoders of this run's single-modality models (modality_models)
-    # and train only the fusion head. False: train every encoder jointly with the head.
-    pretrain: bool = True
     # A negative control: train on permuted train labels. The result must not beat chance, and
     # the promotion gate must refuse it (tests use it; so can a person checking for leakage).
     shuffle_labels: bool = False
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(
-            strategy=self.strategy,
             width=self.width,
             epochs=self.epochs,
             batch_size=self.batch_size,
             lr=self.learning_rate,
             weight_decay=self.weight_decay,
             patience=self.patience,
-            modality_dropout=self.modality_dropout,
+            modality_dropout=0.0,
             seed=seed,
             num_workers=self.num_workers,
-            unimodal_loss=self.unimodal_loss,
             augment=self.augment,
             ema_epochs=self.ema_epochs,
-            pretrain=self.pretrain,
         )
 
+    @property
+    def folds(self) -> dict[str, int]:
+        return {"estimator": self.crossfit_folds, "network": self.network_folds}
 
-def _inputs(settings: PipelineSettings, tables: dict) -> tuple[pd.DataFrame, ModalityInputs]:
+
+def cohort_source(settings: PipelineSettings, tables: dict, shuffle_seed: int | None = None):
+    """The cohort's inputs as learners read them; with `shuffle_seed`, permuted train labels."""
     cohort = tables["cohort"]
     inputs = modality_inputs(
         cohort,
@@ -82,18 +95,19 @@ def _inputs(settings: PipelineSettings, tables: dict) -> tuple[pd.DataFrame, Mod
         tables["recording_spectrograms"],
         settings.window_hours,
     )
-    return cohort, inputs
-
-
-def _datasets(cohort: pd.DataFrame, inputs: ModalityInputs, shuffle_seed: int | None = None):
-    train_rows = split_indices(cohort, "train")
     if shuffle_seed is not None:
         labels = inputs.labels.copy()
-        labels[train_rows] = np.random.default_rng(shuffle_seed).permutation(labels[train_rows])
+        train = split_indices(cohort, "train")
+        labels[train] = np.random.default_rng(shuffle_seed).permutation(labels[train])
         inputs = dataclasses.replace(inputs, labels=labels)
-    train = AdmissionDataset(inputs, train_rows)
-    validation = AdmissionDataset(inputs, split_indices(cohort, "validation"))
-    return train, validation
+    text = allowed_notes(tables["notes"], cohort, settings.window_hours)
+    notes = [_text(text.get(int(h))) for h in cohort["hadm_id"]]
+    groups = cohort["subject_id"].to_numpy(dtype=np.int64)
+    return cohort, CohortSource(inputs, notes=notes, groups=groups)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
 
 
 def git_commit() -> str:
@@ -116,9 +130,99 @@ def input_data_versions(context: dg.AssetExecutionContext) -> dict[str, str]:
     return versions
 
 
+def choose_learners(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    source: CohortSource,
+    cohort: pd.DataFrame,
+    seed: int,
+    log_metric=None,
+) -> dict[str, ModalityChoice]:
+    """Every modality's candidates cross-fitted on train, the best kept on validation."""
+    train, validation = split_indices(cohort, "train"), split_indices(cohort, "validation")
+    network = config.train_config(seed)
+    choices = {}
+    for modality in MODALITIES:
+        if not source.present(modality)[train].any():
+            context.log.warning(f"no train admission has {modality}: no {modality} model")
+            continue
+
+        def report(name: str, scores: dict, modality: str = modality) -> None:
+            context.log.info(
+                f"{modality} {name}: val log-loss {scores['val_logloss']:.4f}, "
+                f"AUROC {scores['val_auroc']:.3f} ({scores['seconds']:.1f} s)"
+            )
+            if log_metric is not None:
+                log_metric(name, scores)
+
+        makers = candidates(modality, network, seed)
+        choices[modality] = fit_modality(
+            source, modality, train, validation, makers, config.folds, seed, report
+        )
+        context.log.info(f"{modality}: chose {choices[modality].chosen}")
+    return choices
+
+
+def _log_candidate(name: str, scores: dict) -> None:
+    import mlflow as mlflow_api
+
+    mlflow_api.log_metrics({f"{name}.{k}": float(v) for k, v in scores.items() if np.isfinite(v)})
+
+
+def _save(value: object, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(value, path)
+    return path
+
+
 @dg.asset(
     group_name=GROUP,
-    kinds={"pytorch", "mlflow"},
+    kinds={"pytorch", "scikitlearn", "mlflow"},
+    owners=OWNERS,
+    pool="gpu",
+    ins={name: dg.AssetIn() for name in TRAINING_INS},
+)
+def modality_models(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    settings: PipelineSettings,
+    workdir: WorkDir,
+    mlflow: MLflowResource,
+    **tables,
+) -> dict:
+    """Per modality: every candidate learner cross-fitted on train, the best on validation."""
+    import mlflow as mlflow_api
+
+    cohort, source = cohort_source(settings, tables)
+    tags = {"dagster.run_id": context.run.run_id, "dagster.asset": "modality_models"}
+    with mlflow.start_run("modality-learners", tags) as run:
+        mlflow_api.log_params({**config.folds, "seed": settings.seed})
+        choices = choose_learners(context, config, source, cohort, settings.seed, _log_candidate)
+        mlflow_api.log_params({f"chosen.{m}": c.chosen for m, c in choices.items()})
+        run_id = run.info.run_id
+    path = _save(choices, workdir.folder("models", context.run.run_id) / "modalities.joblib")
+    summary = {m: {"chosen": c.chosen, "candidates": c.scores} for m, c in choices.items()}
+    context.add_output_metadata(
+        {
+            "mlflow_run_id": run_id,
+            **{f"{m}_chosen": c.chosen for m, c in choices.items()},
+            "candidates": dg.MetadataValue.json(summary),
+        }
+    )
+    return {
+        "path": str(path),
+        "mlflow_run_id": run_id,
+        "modalities": summary,
+        "train_seconds": sum(c.learner.seconds for c in choices.values()),
+        "all_candidates_seconds": sum(
+            s["seconds"] for c in choices.values() for s in c.scores.values()
+        ),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"scikitlearn", "mlflow"},
     owners=OWNERS,
     pool="gpu",
     ins={name: dg.AssetIn() for name in (*TRAINING_INS, "modality_models")},
@@ -132,21 +236,17 @@ def fusion_model(
     mlflow: MLflowResource,
     **tables,
 ) -> dict:
-    """The fusion model over every modality, tracked as one MLflow run.
+    """The fusion head on out-of-fold logits, calibrated on validation; one MLflow run.
 
-    Staged (config.pretrain), its encoders are modality_models' own, frozen: the baselines and
-    the fusion model then share every encoder weight, so the comparison isolates the fusion.
+    The shuffled-label control never reuses modality_models: those learnt the true labels.
     """
     import mlflow as mlflow_api
 
     singles = tables.pop("modality_models")
-    cohort, inputs = _inputs(settings, tables)
     shuffle_seed = settings.seed if config.shuffle_labels else None
-    train, validation = _datasets(cohort, inputs, shuffle_seed)
-    train_config = config.train_config(settings.seed)
-    # The baselines learnt the true labels: a shuffled-label control trains its own encoders.
-    reuse = train_config.pretrain and not config.shuffle_labels
-    pretrained = {m: load_checkpoint(v["checkpoint"]) for m, v in singles.items()} if reuse else {}
+    cohort, source = cohort_source(settings, tables, shuffle_seed)
+    if config.strategy != "late":
+        raise ValueError(f"unknown fusion strategy {config.strategy!r}; known: late")
     tags = {
         "dagster.run_id": context.run.run_id,
         "dagster.asset": "fusion_model",
@@ -154,92 +254,51 @@ def fusion_model(
         "negative_control.shuffled_labels": str(config.shuffle_labels).lower(),
         **{f"data_version.{k}": v for k, v in input_data_versions(context).items()},
     }
-    with mlflow.start_run(f"fusion-{train_config.strategy}", tags) as run:
-        mlflow_api.log_params(
-            {
-                **dataclasses.asdict(train_config),
-                "target": settings.target_name,
-                "window_hours": settings.window_hours,
-                "image_size": settings.image_size,
-                "train_admissions": len(train),
-                "validation_admissions": len(validation),
-                "frozen_encoders": ",".join(pretrained) or "none",
-            }
-        )
-
-        def on_epoch(row: dict) -> None:
-            step = int(row["epoch"])
-            mlflow_api.log_metrics(
-                {k: float(v) for k, v in row.items() if k != "epoch" and v is not None}, step=step
-            )
-            context.log.info(
-                f"epoch {step}: "
-                + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
-            )
-
-        result = train_fusion(train, validation, train_config, on_epoch, pretrained)
-        path = save_checkpoint(
-            result.model, workdir.folder("models", context.run.run_id) / "fusion.pt"
-        )
-        mlflow_api.log_artifact(str(path), artifact_path="checkpoint")
-        mlflow_api.log_metric("best_val_auroc", result.best_val_auroc)
+    train, validation = split_indices(cohort, "train"), split_indices(cohort, "validation")
+    with mlflow.start_run(f"fusion-{config.strategy}", tags) as run:
+        if config.shuffle_labels:
+            choices = choose_learners(context, config, source, cohort, settings.seed)
+        else:
+            choices = joblib.load(singles["path"])
+        model = fit_fused_model(choices, source, train, validation, settings.seed)
+        params = _fusion_params(config, settings, model, len(train), len(validation))
+        mlflow_api.log_params(params)
+        path = _save(model, workdir.folder("models", context.run.run_id) / "fusion.joblib")
+        mlflow_api.log_metrics({f"weight.{m}": w for m, w in model.head.fusion.weights.items()})
         run_id = run.info.run_id
     context.add_output_metadata(
         {
             "mlflow_run_id": run_id,
             "mlflow_url": dg.MetadataValue.url(mlflow.ui_url(run_id)),
-            "best_val_auroc": result.best_val_auroc,
-            "best_epoch": result.best_epoch,
-            "device": result.device,
+            "calibration": model.head.calibrator.method_,
+            **{f"weight_{m}": w for m, w in model.head.fusion.weights.items()},
         }
     )
+    seconds = sum(c.learner.seconds for c in choices.values())
     return {
         "checkpoint": str(path),
-        "strategy": train_config.strategy,
+        "strategy": config.strategy,
         "mlflow_run_id": run_id,
-        "best_val_auroc": result.best_val_auroc,
-        "best_epoch": result.best_epoch,
-        "device": result.device,
-        "train_seconds": result.train_seconds,
-        # What the frozen encoders cost to train (in modality_models), when staged.
-        "encoder_train_seconds": sum(singles[m]["train_seconds"] for m in pretrained),
+        "calibration": model.head.calibrator.method_,
+        "chosen": {m: c.chosen for m, c in choices.items()},
+        "train_seconds": seconds if config.shuffle_labels else 0.0,
+        "encoder_train_seconds": 0.0 if config.shuffle_labels else seconds,
     }
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"pytorch"},
-    owners=OWNERS,
-    pool="gpu",
-    ins={name: dg.AssetIn() for name in TRAINING_INS},
-)
-def modality_models(
-    context: dg.AssetExecutionContext,
-    config: TrainingConfig,
-    settings: PipelineSettings,
-    workdir: WorkDir,
-    **tables,
+def _fusion_params(
+    config: TrainingConfig, settings: PipelineSettings, model: FusedModel, n_train: int, n_val: int
 ) -> dict:
-    """One model per modality (the fusion code restricted to one input), for comparison."""
-    cohort, inputs = _inputs(settings, tables)
-    train, validation = _datasets(cohort, inputs)
-    trained = {}
-    for position, modality in enumerate(MODALITIES):
-        if not inputs.mask[train.indices, position].any():
-            context.log.warning(f"no train admission has {modality}: no {modality} model")
-            continue
-        alone = single_modality(config.train_config(settings.seed), modality)
-        result = train_fusion(train, validation, alone)
-        folder = workdir.folder("models", context.run.run_id)
-        path = save_checkpoint(result.model, folder / f"{modality}.pt")
-        trained[modality] = {
-            "checkpoint": str(path),
-            "best_val_auroc": result.best_val_auroc,
-            "train_seconds": result.train_seconds,
-        }
-        context.log.info(f"{modality}: best validation AUROC {result.best_val_auroc:.3f}")
-    context.add_output_metadata({f"{m}_val_auroc": v["best_val_auroc"] for m, v in trained.items()})
-    return trained
+    return {
+        **config.model_dump(),
+        "target": settings.target_name,
+        "window_hours": settings.window_hours,
+        "image_size": settings.image_size,
+        "train_admissions": n_train,
+        "validation_admissions": n_val,
+        "calibration": model.head.calibrator.method_,
+        **{f"chosen.{m}": c.chosen for m, c in model.choices.items()},
+    }
 
 
-__all__ = ["fusion_model", "modality_models", "ShardSet"]
+__all__ = ["fusion_model", "modality_models", "ShardSet", "cohort_source", "TRAINING_INS"]
