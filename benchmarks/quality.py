@@ -378,31 +378,15 @@ TRAINING_STEPS = ("modality_models", "fusion_model")
 def training_time(workdir: Path) -> dict[str, float]:
     """Training time, the one place that knows where the pipeline keeps it.
 
-    train_seconds: fusion_model's output `train_seconds` plus its `encoder_train_seconds` (the
-    frozen encoders, when staged), as today's pipeline reports them; modality_train_seconds:
-    every `train_seconds` (else `seconds`) under modality_models' output; train_step_seconds:
-    the wall time of the Dagster steps modality_models + fusion_model.
+    train_seconds: the wall time of the Dagster steps modality_models + fusion_model (every
+    candidate of every modality, cross-fitting, the fusion head and calibration);
+    chosen_train_seconds: what cross-fitting the chosen learners alone cost.
     """
-    fusion = _read_json(workdir / "tables" / "fusion_model.json")
     singles = _read_json(workdir / "tables" / "modality_models.json")
-    head = float(fusion.get("train_seconds", fusion.get("seconds", math.nan)))
-    encoders = float(fusion.get("encoder_train_seconds", 0.0))
     return {
-        "train_seconds": head + encoders,
-        "fusion_train_seconds": head,
-        "modality_train_seconds": _seconds_under(singles) if singles else math.nan,
-        "train_step_seconds": sum(dagster_step_seconds(workdir, TRAINING_STEPS).values()),
+        "train_seconds": sum(dagster_step_seconds(workdir, TRAINING_STEPS).values()),
+        "chosen_train_seconds": float(singles.get("train_seconds", math.nan)),
     }
-
-
-def _seconds_under(tree: Any) -> float:
-    """The sum of `train_seconds` (else `seconds`) values in nested dicts, counted once each."""
-    if not isinstance(tree, Mapping):
-        return 0.0
-    for key in ("train_seconds", "seconds"):
-        if isinstance(tree.get(key), int | float):
-            return float(tree[key])
-    return sum(_seconds_under(v) for v in tree.values())
 
 
 def dagster_step_seconds(workdir: Path, steps: Sequence[str]) -> dict[str, float]:

@@ -90,6 +90,25 @@ class EstimatorCandidate:
         return {k: v for k, v in self.__dict__.items() if k != "make"}  # a closure: not saved
 
 
+class PriorCandidate:
+    """No evidence at all: a constant logit. A modality whose learners cannot beat it on
+    validation carries no usable signal; fusion then ignores it (its logit never varies)."""
+
+    grid = ({},)
+
+    def __init__(self, modality: str):
+        self.name, self.modality = f"{modality}_prior", modality
+
+    def with_params(self, params: dict) -> PriorCandidate:
+        return PriorCandidate(self.modality)
+
+    def fit(self, source: Source, rows: np.ndarray, validation_rows: np.ndarray):
+        return self
+
+    def logits(self, source: Source, rows: np.ndarray) -> np.ndarray:
+        return np.zeros(len(rows))
+
+
 class NetworkCandidate:
     """The PyTorch encoder of one modality with its unimodal head (the project's own network)."""
 
@@ -169,6 +188,9 @@ def candidates(modality: str, network: TrainConfig, seed: int) -> list[Callable[
     def net():
         return NetworkCandidate(f"{modality}_network", modality, network)
 
+    def prior():
+        return PriorCandidate(modality)
+
     if modality == "ehr":
         return [
             estimator("ehr_logistic", "ehr", lambda n: make_pipeline(
@@ -178,6 +200,7 @@ def candidates(modality: str, network: TrainConfig, seed: int) -> list[Callable[
                 _logistic()), C_GRID),
             estimator("ehr_boosted", "ehr", lambda n: _boosted(seed)),
             net,
+            prior,
         ]  # fmt: skip
     if modality == "text":
         return [
@@ -189,6 +212,7 @@ def candidates(modality: str, network: TrainConfig, seed: int) -> list[Callable[
             estimator("text_embedding_logistic", "text", lambda n: make_pipeline(
                 StandardScaler(), _logistic()), C_GRID),
             net,
+            prior,
         ]  # fmt: skip
     statistics = f"{modality}_statistics"
     return [
@@ -196,6 +220,7 @@ def candidates(modality: str, network: TrainConfig, seed: int) -> list[Callable[
             StandardScaler(), _logistic()), C_GRID),
         estimator(f"{modality}_statistics_boosted", statistics, lambda n: _boosted(seed)),
         net,
+        prior,
     ]  # fmt: skip
 
 
@@ -285,7 +310,8 @@ def validation_scores(fitted: CrossFitted, source: Source) -> dict[str, float]:
     y_train = source.labels[fitted.train_rows].astype(int)
     y_val = source.labels[fitted.validation_rows].astype(int)
     platt = LogisticRegression(C=1e4).fit(fitted.oof[:, None], y_train)
-    p = platt.predict_proba(fitted.validation_logits[:, None])[:, 1]
+    val = fitted.validation_logits[:, None]
+    p = platt.predict_proba(val)[:, 1] if len(val) else np.zeros(0)
     two = len(np.unique(y_val)) == 2
     return {
         "val_logloss": float(log_loss(y_val, p, labels=[0, 1])) if len(y_val) else math.nan,

@@ -93,7 +93,9 @@ class CohortSource(Source):
     def without(self, modality: str) -> CohortSource:
         mask = self.inputs.mask.copy()
         mask[:, MODALITIES.index(modality)] = False
-        return CohortSource(replace(self.inputs, mask=mask), self.notes, self.groups)
+        return CohortSource(
+            replace(self.inputs, mask=mask), self.notes, self.groups, self.batch_size
+        )
 
 
 def _texts(notes: list[str | None], present: np.ndarray) -> list[str]:

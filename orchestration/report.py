@@ -25,10 +25,21 @@ def _counts(tables: Path, asset: str) -> dict[str, int]:
     return {k: int(raw[k]) for k in ("seen", "ingested", "quarantined")}
 
 
-def _inputs(tables: Path) -> dict[str, Any]:
+def _inputs(tables: Path, quarantine: pd.DataFrame) -> dict[str, Any]:
     inputs: dict[str, Any] = {m: _counts(tables, a) for m, a in INGEST_ASSETS.items()}
+    for modality in ("dicom", "audio"):
+        inputs[modality]["decoded"] = _decoded(inputs[modality], quarantine, modality)
     inputs["ehr"] = {name: _counts(tables, name) for name in EHR_TABLES}
     return {k: inputs[k] for k in ("dicom", "audio", "ehr", "note")}
+
+
+def _decoded(counts: dict[str, int], quarantine: pd.DataFrame, modality: str) -> int:
+    """Files this run opened to decode. Every run still decodes every file it sees (incremental
+    ingest is issue #14), less the manifest rows that never reached a file (missing, bad time):
+    those are quarantined by their `TABLE_FILE:ROW` source."""
+    rows = quarantine[quarantine["modality"] == modality]["source"].astype(str)
+    manifest_rows = int(rows.str.contains(r"manifest\.csv:\d+$", regex=True).sum())
+    return max(counts["seen"] - manifest_rows, 0)
 
 
 def _clean(value: Any) -> Any:
@@ -76,7 +87,7 @@ def write_report(workdir: Path) -> dict[str, Any]:
     quarantine = pd.read_parquet(tables / "quarantine.parquet")
     split_counts = cohort["split"].value_counts()
     report = {
-        "inputs": _inputs(tables),
+        "inputs": _inputs(tables, quarantine),
         "quarantine": quarantine[["modality", "source", "reason"]].to_dict(orient="records"),
         "cohort": {
             "admissions": len(cohort),

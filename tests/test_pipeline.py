@@ -20,7 +20,7 @@ from tests.conftest import PHI_MARKERS
 pytestmark = pytest.mark.slow
 COUNT_KEYS = {"seen", "ingested", "quarantined"}
 EHR_TABLES = {"patients", "admissions", "labevents", "d_labitems", "diagnoses_icd"}
-METRICS = {"auroc", "auprc", "accuracy", "recall", "f1", "brier"}
+METRICS = {"auroc", "auprc", "accuracy", "recall", "f1", "brier", "ece"}
 
 
 def test_report_has_exactly_the_contracted_shape(pipeline_run):
@@ -39,8 +39,13 @@ def test_report_has_exactly_the_contracted_shape(pipeline_run):
     counts = [report["inputs"][m] for m in ("dicom", "audio", "note")]
     counts += list(report["inputs"]["ehr"].values())
     for count in counts:
-        assert set(count) == COUNT_KEYS
+        assert set(count) - {"decoded"} == COUNT_KEYS
         assert count["seen"] == count["ingested"] + count["quarantined"]
+    for modality in ("dicom", "audio"):
+        files = report["inputs"][modality]
+        # A first run decodes every file it can reach; a manifest row without a file is not one.
+        assert 0 < files["decoded"] <= files["seen"]
+        assert files["decoded"] >= files["ingested"]
     for row in report["quarantine"]:
         assert set(row) == {"modality", "source", "reason"}
         assert row["modality"] in {"ehr", "note", "dicom", "audio"}

@@ -40,5 +40,5 @@ def predictions(settings: PipelineSettings, **tables) -> pd.DataFrame:
         table[f"p_{modality}"] = fused.single_proba(modality, logits) if fitted else np.nan
     for modality in MODALITIES:
         table[f"has_{modality}"] = source.present(modality)[rows]
-        table[f"p_fusion_without_{modality}"] = fused.without(modality, logits)
+        table[f"p_fusion_without_{modality}"] = fused.without(modality, logits, source, rows)
     return table

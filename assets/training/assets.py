@@ -43,7 +43,9 @@ TRAINING_INS = (
 class TrainingConfig(dg.Config):
     """Hyper-parameters of every model trained in a run."""
 
-    strategy: str = "late"  # late: logistic regression on out-of-fold logits (docs/decisions.md)
+    # late: logistic regression on the chosen learners' out-of-fold logits (the default);
+    # early | attention: the FusionModel network over the raw inputs, for comparison.
+    strategy: str = "late"
     # Folds of the train split for cross-fitting: linear and boosted learners, and networks
     # (a network costs K trainings; docs/benchmarks.md measures what more folds buy).
     crossfit_folds: int = 5
@@ -245,8 +247,6 @@ def fusion_model(
     singles = tables.pop("modality_models")
     shuffle_seed = settings.seed if config.shuffle_labels else None
     cohort, source = cohort_source(settings, tables, shuffle_seed)
-    if config.strategy != "late":
-        raise ValueError(f"unknown fusion strategy {config.strategy!r}; known: late")
     tags = {
         "dagster.run_id": context.run.run_id,
         "dagster.asset": "fusion_model",
@@ -260,7 +260,15 @@ def fusion_model(
             choices = choose_learners(context, config, source, cohort, settings.seed)
         else:
             choices = joblib.load(singles["path"])
-        model = fit_fused_model(choices, source, train, validation, settings.seed)
+        model = fit_fused_model(
+            choices,
+            source,
+            train,
+            validation,
+            settings.seed,
+            config.strategy,
+            config.train_config(settings.seed),
+        )
         params = _fusion_params(config, settings, model, len(train), len(validation))
         mlflow_api.log_params(params)
         path = _save(model, workdir.folder("models", context.run.run_id) / "fusion.joblib")
