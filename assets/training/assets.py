@@ -40,6 +40,11 @@ TRAINING_INS = (
 )
 
 
+# Cross-fitting needs each fold to hold both classes; below this a modality gets no model (it
+# then counts as missing for every admission) rather than failing the run.
+MIN_PER_CLASS = 2
+
+
 class TrainingConfig(dg.Config):
     """Hyper-parameters of every model trained in a run."""
 
@@ -145,8 +150,12 @@ def choose_learners(
     network = config.train_config(seed)
     choices = {}
     for modality in MODALITIES:
-        if not source.present(modality)[train].any():
-            context.log.warning(f"no train admission has {modality}: no {modality} model")
+        labels = source.labels[train][source.present(modality)[train]]
+        if min(labels.sum(), (1 - labels).sum()) < MIN_PER_CLASS:
+            context.log.warning(
+                f"{modality}: {int(labels.sum())} positive and {int((1 - labels).sum())} negative "
+                f"train admissions have it, fewer than {MIN_PER_CLASS} of each: no {modality} model"
+            )
             continue
 
         def report(name: str, scores: dict, modality: str = modality) -> None:
