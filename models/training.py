@@ -54,6 +54,10 @@ class TrainConfig:
     # epoch rather than a good model. In epochs, not steps, so that a tiny cohort's few steps
     # per epoch are not averaged into a model that never moves (see ema_decay).
     ema_epochs: float = 1.5
+    # Encoder weights to start from, per modality: a state_dict file of that modality's encoder
+    # (`FusionModel.encoders[m]`) that the user names, e.g. one pretrained on their own
+    # archive. Nothing is ever downloaded.
+    init_encoders: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,7 +80,7 @@ class TrainResult:
 
 def build_model(dataset: AdmissionDataset, config: TrainConfig) -> FusionModel:
     inputs = dataset.inputs
-    return FusionModel(
+    model = FusionModel(
         ehr_dim=inputs.ehr_dim,
         text_dim=inputs.text_dim,
         image_shape=inputs.image_shape,
@@ -86,6 +90,11 @@ def build_model(dataset: AdmissionDataset, config: TrainConfig) -> FusionModel:
         modalities=tuple(config.modalities),
         dropout=config.dropout,
     )
+    for modality, path in config.init_encoders.items():
+        if modality in model.encoders:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.encoders[modality].load_state_dict(state)
+    return model
 
 
 def make_loader(

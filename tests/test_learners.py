@@ -469,3 +469,33 @@ def test_network_fusion_strategies_stay_selectable(strategy):
     assert without.shape == p.shape and not np.allclose(without, p)
     with pytest.raises(ValueError, match="unknown fusion strategy"):
         fit_fused_model(choices, source, train, validation, 0, "bogus")
+
+
+def test_a_network_starts_from_encoder_weights_a_user_names(tmp_path):
+    """`init_encoders` loads a local state_dict into that modality's encoder; nothing else."""
+    from dataclasses import replace
+
+    from clinfuse.models.training import build_model
+
+    rng = np.random.default_rng(2)
+    labels = (np.arange(20) % 2).astype(np.float32)
+    source = _cohort(rng.normal(size=(20, 5)), rng.normal(size=(20, 3)), labels)
+    dataset = source.dataset(np.arange(20))
+    config = TrainConfig(width=8, modalities=("ehr", "text"))
+    torch.manual_seed(0)
+    donor = build_model(dataset, config)
+    path = tmp_path / "ehr_encoder.pt"
+    torch.save(donor.encoders["ehr"].state_dict(), path)
+
+    torch.manual_seed(1)
+    plain = build_model(dataset, config)
+    torch.manual_seed(1)
+    started = build_model(dataset, replace(config, init_encoders={"ehr": str(path)}))
+
+    def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+        pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        return all(torch.equal(x, y) for x, y in pairs)
+
+    assert same(started.encoders["ehr"], donor.encoders["ehr"])
+    assert not same(plain.encoders["ehr"], donor.encoders["ehr"])
+    assert same(started.encoders["text"], plain.encoders["text"])  # the others untouched

@@ -65,6 +65,10 @@ class TrainingConfig(dg.Config):
     num_workers: int = 0
     augment: bool = True  # MONAI augmentation of train images and spectrograms
     ema_epochs: float = 1.5  # horizon of the weights' moving average that is kept (0: off)
+    # Start a modality's network from encoder weights in a local file the user names
+    # ({image: /path/encoder.pt}): a state_dict of that encoder, e.g. pretrained on their own
+    # archive. Nothing is downloaded.
+    init_encoders: dict[str, str] = {}
     # A negative control: train on permuted train labels. The result must not beat chance, and
     # the promotion gate must refuse it (tests use it; so can a person checking for leakage).
     shuffle_labels: bool = False
@@ -82,6 +86,7 @@ class TrainingConfig(dg.Config):
             num_workers=self.num_workers,
             augment=self.augment,
             ema_epochs=self.ema_epochs,
+            init_encoders=dict(self.init_encoders),
         )
 
     @property
