@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py --tasks all --admissions 1500 5000 --seeds 0 1 2 \
         [--workdir work/bench-quality] [--out docs/quality] [--fresh] [--keep] [--epochs N]
+        [--cached-only]   # tabulate the finished runs of that grid, start none
 
 For each task x admissions x seed: generate a landing zone (the seed is both the data and the
 training seed), run the whole pipeline once (`run_pipeline`, the task's target and the seed in
@@ -145,6 +146,10 @@ def score_modalities(test: pd.DataFrame) -> dict[str, Any]:
         out[f"auroc_{m}"] = value
         out[f"ceiling_{m}"] = ceiling
         out[f"{m}_over_ceiling"] = ratio_to(value, ceiling)
+        # The fusion model with this modality marked missing: on a modality without signal,
+        # fusion must not be worse than this.
+        if f"p_fusion_without_{m}" in test:
+            out[f"auroc_fusion_without_{m}"] = auroc(y, test[f"p_fusion_without_{m}"])
     return out
 
 
@@ -412,6 +417,16 @@ def read_predictions(report: Mapping[str, Any], workdir: Path) -> pd.DataFrame:
     return pd.read_parquet(path if path.is_absolute() else workdir / path)
 
 
+def with_ablations(predictions: pd.DataFrame, workdir: Path) -> pd.DataFrame:
+    """Adds p_fusion_without_<m> from the pipeline's own predictions table, when it is there."""
+    path = workdir / "tables" / "predictions.parquet"
+    if not path.exists():
+        return predictions
+    table = pd.read_parquet(path)
+    columns = ["hadm_id", *[c for c in table.columns if c.startswith("p_fusion_without_")]]
+    return predictions.merge(table[columns], on="hadm_id", how="left", validate="one_to_one")
+
+
 def run_dir(root: Path, task: str, admissions: int, seed: int) -> Path:
     return root / f"{task}-{admissions}-{seed}"
 
@@ -442,7 +457,7 @@ def score_folder(folder: Path, task: str, admissions: int, seed: int, ran: dict)
     landing, workdir = folder / "landing", folder / "run"
     report = ran["report"]
     truth = pd.read_parquet(truth_dir(landing) / "admissions.parquet")
-    test = join_truth(read_predictions(report, workdir), truth)
+    test = join_truth(with_ablations(read_predictions(report, workdir), workdir), truth)
     row = {"task": task, "admissions": admissions, "seed": seed, **score_run(test)}
     row["label_mismatches"] = int((test["label"] != test["label_truth"]).sum())
     row.update(training_time(workdir))
@@ -583,6 +598,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true", help="ignore the runs' cached row.json")
     parser.add_argument("--keep", action="store_true", help="keep landing zones and workdirs")
     parser.add_argument("--epochs", type=int, default=None, help="override the pipeline's epochs")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="tabulate finished runs, start none"
+    )
     return parser.parse_args(argv)
 
 
@@ -599,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row = cached_row(folder)
                 if row is not None:
                     print(f"{folder.name}: cached", flush=True)
+                elif args.cached_only:
+                    continue
                 else:
                     print(f"{folder.name}: running (new or unfinished)", flush=True)
                     try:
