@@ -129,6 +129,30 @@ def test_the_first_version_is_registered_and_becomes_champion(pipeline_run):
         assert f"evaluation/{name}" in artifacts
 
 
+def test_every_candidate_learner_and_the_choice_are_in_mlflow(pipeline_run):
+    from clinfuse.models.learners import candidates
+    from clinfuse.models.training import TrainConfig
+
+    block = pipeline_run["report"]["mlflow"]
+    client = mlflow.MlflowClient(block["tracking_uri"])
+    experiment = client.get_experiment_by_name("clinfuse")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], "tags.`dagster.asset` = 'modality_models'"
+    )
+    chosen = {k.removeprefix("chosen."): v for k, v in run.data.params.items() if "chosen." in k}
+    assert {"ehr", "text"} <= set(chosen)
+    stored = json.loads((pipeline_run["workdir"] / "tables" / "modality_models.json").read_text())
+    for modality, name in chosen.items():
+        names = [make().name for make in candidates(modality, TrainConfig(), 0)]
+        assert name in names
+        for candidate in names:
+            assert f"{candidate}.val_logloss" in run.data.metrics
+        assert stored["modalities"][modality]["chosen"] == name
+        scores = stored["modalities"][modality]["candidates"]
+        best = min(s["val_logloss"] for s in scores.values())
+        assert scores[name]["val_logloss"] <= best + 1e-3  # the choice is the best (or a tie)
+
+
 def test_the_champion_pyfunc_reproduces_the_pipeline_probabilities(pipeline_run):
     from clinfuse.assets.evaluation.serving import serving_frame
 
