@@ -253,6 +253,15 @@ def _noise_fusion(seed: int) -> tuple[str, dict[str, float]]:
     oof = np.column_stack([c.learner.oof for c in choices.values()])
     assert np.isfinite(oof).all()
     fusion = LateFusion(tuple(features)).fit(oof, labels[train])
+    if choices["image"].chosen == "image_prior":
+        # The fused model then leaves the films out altogether, presence term included.
+        fused = fit_fused_model(choices, source, train, validation)
+        assert fused.fused == ("ehr", "text")
+        logits = fused.logits(source, validation)
+        np.testing.assert_array_equal(
+            fused.without("image", logits, source, validation),
+            fused.predict_proba(source, validation, logits),
+        )
     return choices["image"].chosen, fusion.weights
 
 
