@@ -559,7 +559,12 @@ def plot_learning_curve(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         group = means[means["task"] == task].sort_values("admissions")
         for label, column in series:
             if column in group and group[column].notna().any():
-                style = {"color": "black", "linewidth": 2.5} if label == "fusion" else {}
+                # One colour per modality in every panel, also where a modality has no ceiling.
+                style = (
+                    {"color": "black", "linewidth": 2.5}
+                    if label == "fusion"
+                    else {"color": f"C{MODALITIES.index(label)}"}
+                )
                 ax.plot(group["admissions"], group[column], marker="o", label=label, **style)
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
         ax.set(title=task, xlabel="admissions", ylabel="AUROC / oracle (modality: / ceiling)")
