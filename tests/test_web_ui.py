@@ -75,7 +75,8 @@ def browser():
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        "--window-size=1600,1000",
+        # Tall: Dagster's asset list renders only the rows in view (a virtualized list).
+        "--window-size=1600,3000",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -86,6 +87,7 @@ def browser():
 def _wait_for_text(driver, texts: list[str], timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while True:
+        _dismiss_welcome(driver)
         body = driver.find_element("tag name", "body").text
         if all(t in body for t in texts):
             return body
