@@ -27,6 +27,17 @@ def _quiet_environment(tmp_path_factory):
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for a test: the CI box is small and shared, and timings stay stable."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def landing(tmp_path_factory) -> Path:
     from clinfuse.synthetic import generate

@@ -43,16 +43,10 @@ from clinfuse.models.stacking import LateFusion, fit_fused_model
 IMAGE, AUDIO = (1, 16, 16), (1, 8, 20)
 
 # LogisticRegressionCV (LateFusion) warns about sklearn 1.10 defaults on every fit.
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box is small and shared; one thread also keeps timings stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 # -- tiny data ---------------------------------------------------------------------------------

@@ -30,13 +30,7 @@ EHR, TEXT = 6, 5
 IMAGE, AUDIO = (1, 16, 16), (1, 8, 20)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box is small and shared; one thread also keeps timings stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(strategy: str, modalities=MODALITIES, dropout: float = 0.1, **shapes) -> FusionModel:
