@@ -37,8 +37,8 @@ import pandas as pd
 import soundfile as sf
 from threadpoolctl import threadpool_limits
 
-from clinfuse.assets.ingest.audio_features import waveform_features
-from clinfuse.assets.ingest.audio_reader import BATCH, ingest_audio, load_recording
+from clinfuse.assets.ingest.audio.features import waveform_features
+from clinfuse.assets.ingest.audio.reader import BATCH, ingest_audio, load_recording
 from clinfuse.assets.settings import AudioSettings
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

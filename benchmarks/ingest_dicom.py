@@ -45,7 +45,7 @@ def bench_dicom(
     in this process and would slow the plain loop); memory comes from one more sampled run of
     each. "cold" is the first ingest call (it starts the pool).
     """
-    from clinfuse.assets.ingest.dicom_reader import discover
+    from clinfuse.assets.ingest.dicom.reader import discover
 
     landing = Path(landing)
     files = [landing / "dicom" / p for p in discover(landing / "dicom")]
@@ -120,7 +120,7 @@ def _ingest_runner(
     image_size: int,
     workers: int | None,
 ) -> Callable[[], dict]:
-    from clinfuse.assets.ingest.dicom_reader import ingest_dicom
+    from clinfuse.assets.ingest.dicom.reader import ingest_dicom
 
     def run() -> dict:
         shard_dir = scratch / "shards"
@@ -267,7 +267,7 @@ def _plain_landing(out: Path, files: int, pixels: int, seed: int) -> Path:
 
 def _quarter(landing: Path, out: Path) -> Path:
     """A landing zone of symlinks to the first quarter of `landing`'s DICOM files."""
-    from clinfuse.assets.ingest.dicom_reader import discover
+    from clinfuse.assets.ingest.dicom.reader import discover
 
     paths = discover(landing / "dicom")
     for relative in paths[: max(1, len(paths) // 4)]:

@@ -11,6 +11,7 @@ generator's oracle when the landing zone's truth folder is given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import time
@@ -22,19 +23,14 @@ from sklearn.metrics import roc_auc_score
 from clinfuse.assets.evaluation.metrics import expected_calibration_error
 from clinfuse.assets.ingest.ingested import ShardSet
 from clinfuse.assets.settings import Settings
-from clinfuse.assets.training.assets import TRAINING_INS, TrainingConfig, cohort_source
-from clinfuse.assets.training.inputs import split_indices
+from clinfuse.assets.training.inputs import CohortTables, cohort_source, split_indices
 from clinfuse.models.learners import candidates, fit_modality
 from clinfuse.models.stacking import fit_fused_model
 
 
-class _Settings:
-    window_hours = Settings().window_hours
-
-
-def load_tables(workdir: Path) -> dict:
+def load_tables(workdir: Path) -> CohortTables:
     tables = {}
-    for name in TRAINING_INS:
+    for name in (f.name for f in dataclasses.fields(CohortTables)):
         shards = workdir / "tables" / f"{name}.shards.json"
         if shards.exists():
             raw = json.loads(shards.read_text())
@@ -43,7 +39,7 @@ def load_tables(workdir: Path) -> dict:
             )
         else:
             tables[name] = pd.read_parquet(workdir / "tables" / f"{name}.parquet")
-    return tables
+    return CohortTables(**tables)
 
 
 def main() -> None:
@@ -54,13 +50,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="modalities to fit (default: all)")
     args = parser.parse_args()
     baseline = time.perf_counter()
-    cohort, source = cohort_source(_Settings(), load_tables(args.workdir))
-    config = TrainingConfig()
+    tables = load_tables(args.workdir)
+    cohort, config = tables.cohort, Settings().training
+    source = cohort_source(tables, Settings().window_hours)
     train, validation = split_indices(cohort, "train"), split_indices(cohort, "validation")
     test = split_indices(cohort, "test")
     choices = {}
     for modality in args.only or ("ehr", "text", "image", "audio"):
-        makers = candidates(modality, config.train_config(args.seed), args.seed)
+        makers = candidates(modality, config.network(args.seed), args.seed)
 
         def show(name: str, s: dict) -> None:
             print(

@@ -55,8 +55,8 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from clinfuse.assets.evaluation.metrics import expected_calibration_error
+from clinfuse.models.modalities import MODALITIES
 
-MODALITIES = ("ehr", "text", "image", "audio")
 DEFAULT_TASK = "pneumonia"
 TASKS_MODULE = "clinfuse.synthetic.tasks"
 TARGET_KEYS = ("name", "icd10_prefixes", "icd9_prefixes")

@@ -1,19 +1,6 @@
-"""Pure PyTorch models of clinfuse: datasets, encoders, fusion, training loop (no Dagster)."""
+"""Pure PyTorch and scikit-learn models of clinfuse: datasets, encoders, learners, fusion,
+calibration, the shard format (no Dagster, no MLflow, nothing else of clinfuse).
 
-from clinfuse.models.data import MODALITIES, AdmissionDataset, ModalityInputs
-from clinfuse.models.fusion import STRATEGIES, FusionModel
-from clinfuse.models.runtime import resolve_device
-from clinfuse.models.training import TrainConfig, TrainResult, predict_proba, train_fusion
-
-__all__ = [
-    "MODALITIES",
-    "STRATEGIES",
-    "AdmissionDataset",
-    "FusionModel",
-    "ModalityInputs",
-    "TrainConfig",
-    "TrainResult",
-    "predict_proba",
-    "resolve_device",
-    "train_fusion",
-]
+Import the submodules themselves (`clinfuse.models.training`, ...): this package imports nothing
+so that plain code can read `clinfuse.models.modalities` without loading torch.
+"""

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clinfuse.assets.ingest.shards import ShardReader
+from clinfuse.models.modalities import MODALITIES
+from clinfuse.models.shards import ShardReader
 
-MODALITIES = ("ehr", "text", "image", "audio")
 EHR, TEXT, IMAGE, AUDIO = range(len(MODALITIES))  # mask columns
 
 ShardRef = tuple[str, int] | None

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from clinfuse.models.data import MODALITIES
 from clinfuse.models.encoders import build_encoder
+from clinfuse.models.modalities import MODALITIES
 
 STRATEGIES = ("early", "late", "attention")
 

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from clinfuse.models.data import MODALITIES, AdmissionDataset, ModalityInputs
+from clinfuse.models.data import AdmissionDataset, ModalityInputs
 from clinfuse.models.handcrafted import STATISTICS
+from clinfuse.models.modalities import MODALITIES
 
 # A learner's feature kinds: a modality's vector, the note text, or hand-crafted statistics.
 FEATURE_KINDS = ("ehr", "text", "notes", "image_statistics", "audio_statistics")

@@ -15,23 +15,26 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
 from clinfuse.models.augment import augmentations
-from clinfuse.models.data import MODALITIES, AdmissionDataset
+from clinfuse.models.data import AdmissionDataset
 from clinfuse.models.fusion import FusionModel, FusionOutputs
+from clinfuse.models.modalities import MODALITIES
 from clinfuse.models.runtime import autocast, autocast_dtype, reproducible, resolve_device
 
 GRAD_CLIP = 5.0  # a safety net against one bad batch, not a tuned hyper-parameter
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     strategy: str = "late"
     width: int = 64
     epochs: int = 40
     batch_size: int = 64
-    lr: float = 1e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 6
-    modality_dropout: float = 0.2
+    # Share of train admissions whose modality is hidden per batch (the network fusion heads of
+    # stacking.py set 0.2; a single-modality network has nothing to hide).
+    modality_dropout: float = 0.0
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
@@ -184,7 +187,7 @@ class _Trainer:
         self.criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos, device=device))
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            trainable, lr=config.lr, weight_decay=config.weight_decay
+            trainable, lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.mask_rng = torch.Generator().manual_seed(config.seed + 1)

@@ -1,4 +1,5 @@
-"""The `clinfuse` command line (../shared/cli-and-report.md): generate, run, demo."""
+"""The `clinfuse` command line (../shared/cli-and-report.md): generate, run, demo, promote,
+config, ui."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
             Path(args.workdir),
             Path(args.config) if args.config else None,
             workers=args.workers,
+            assignments=args.set,
         )
     except PipelineFailed as failure:
         print(f"clinfuse run failed: {failure}", file=sys.stderr)
@@ -58,7 +60,12 @@ def _promote(args: argparse.Namespace) -> int:
 
     try:
         outcome = promote_model(
-            Path(args.landing), Path(args.workdir), force=args.force, note=args.note or ""
+            Path(args.landing),
+            Path(args.workdir),
+            force=args.force,
+            note=args.note or "",
+            config=Path(args.config) if args.config else None,
+            assignments=args.set,
         )
     except PipelineFailed as failure:
         print(f"clinfuse promote failed: {failure}", file=sys.stderr)
@@ -68,6 +75,34 @@ def _promote(args: argparse.Namespace) -> int:
     print(f"{outcome['model_name']} v{outcome['version']}: {verdict} ({decision['reason']})")
     print(f"aliases: {outcome['aliases']}")
     return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    """Prints the settings a run with this --config and --set would use, every key shown."""
+    import yaml
+
+    from clinfuse.assets.settings import to_dict
+    from clinfuse.orchestration.runner import PipelineFailed, read_config
+
+    try:
+        settings = read_config(Path(args.config) if args.config else None, None, args.set)
+    except PipelineFailed as failure:
+        print(f"clinfuse config failed: {failure}", file=sys.stderr)
+        return 1
+    print(yaml.safe_dump(to_dict(settings), sort_keys=False), end="")
+    return 0
+
+
+def _settings_arguments(command: argparse.ArgumentParser) -> None:
+    """--config and --set: every key of the run schema (assets/settings.py), as YAML or inline."""
+    command.add_argument("--config", help="YAML of run settings (`clinfuse config` lists keys)")
+    command.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set window_hours=12 --set training.epochs=5",
+    )
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -103,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="materialize every asset on a landing zone")
     run.add_argument("--landing", required=True)
     run.add_argument("--workdir", required=True)
-    run.add_argument("--config", help="YAML: target, window_hours, seed")
+    _settings_arguments(run)
     run.add_argument("--workers", type=int, default=0, help="processes; 0 = all cores")
     run.set_defaults(handler=_run)
 
@@ -112,7 +147,12 @@ def parser() -> argparse.ArgumentParser:
     promote.add_argument("--workdir", required=True)
     promote.add_argument("--force", action="store_true", help="promote even if the gate refuses")
     promote.add_argument("--note", help="who forces and why (recorded on the version)")
+    _settings_arguments(promote)
     promote.set_defaults(handler=_promote)
+
+    config = commands.add_parser("config", help="print the run settings, every key, as YAML")
+    _settings_arguments(config)
+    config.set_defaults(handler=_config)
 
     ui = commands.add_parser("ui", help="the Dagster and MLflow web UIs on loopback ports")
     ui.add_argument("--workdir", default="work/demo/run")

@@ -18,14 +18,17 @@ from clinfuse.assets.evaluation import assets as evaluation_assets
 from clinfuse.assets.evaluation import predictions as prediction_assets
 from clinfuse.assets.evaluation import registry_assets
 from clinfuse.assets.features import assets as feature_assets
-from clinfuse.assets.ingest import accounting, ehr, imaging, recordings
+from clinfuse.assets.ingest import accounting
+from clinfuse.assets.ingest.audio import assets as recordings
+from clinfuse.assets.ingest.dicom import assets as imaging
+from clinfuse.assets.ingest.ehr import assets as ehr
 from clinfuse.assets.ingest.landing import LANDING_ASSETS
+from clinfuse.assets.mlflow_resource import MLflowResource
+from clinfuse.assets.resources import LandingZone, PipelineSettings, WorkDir
 from clinfuse.assets.settings import Settings, load_settings
 from clinfuse.assets.training import assets as training_assets
 from clinfuse.orchestration.io_manager import ParquetIOManagerFactory
 from clinfuse.orchestration.jobs import full_pipeline, promote, retrain_and_evaluate
-from clinfuse.orchestration.mlflow_resource import MLflowResource
-from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
 from clinfuse.orchestration.sensors import landing_zone_sensor, record_run_failure
 
 ASSET_MODULES = (

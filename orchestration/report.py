@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.ingest.counting import EHR_TABLES
+from clinfuse.models.modalities import MODALITIES
 
 METRIC_KEYS = ("auroc", "auprc", "accuracy", "recall", "f1", "brier", "ece")
 PREDICTION_COLUMNS = ["hadm_id", "subject_id", "label", "p_fusion", *[f"p_{m}" for m in MODALITIES]]

@@ -3,33 +3,12 @@
 import hashlib
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 
+from clinfuse.assets.ingest.deliveries import next_cursor, scan_landing
+from clinfuse.assets.resources import LandingZone, WorkDir
 from clinfuse.orchestration.jobs import full_pipeline
-from clinfuse.orchestration.resources import LandingZone, WorkDir
-
-
-def scan_landing(root: Path) -> dict[str, int]:
-    """Relative path -> size of every file in the landing zone."""
-    if not root.is_dir():
-        return {}
-    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
-
-
-def next_cursor(cursor: dict, current: dict[str, int]) -> tuple[list[str], dict]:
-    """(files ready to ingest, the new cursor).
-
-    A file is ready once it is new or changed and its size has not moved since the previous
-    tick: a file still being copied is pending until then.
-    """
-    seen, pending = cursor.get("seen", {}), cursor.get("pending", {})
-    changed = {p: s for p, s in current.items() if seen.get(p) != s}
-    ready = sorted(p for p, s in changed.items() if pending.get(p) == s)
-    still_pending = {p: s for p, s in changed.items() if p not in ready}
-    new_seen = {**seen, **{p: current[p] for p in ready}}
-    return ready, {"seen": new_seen, "pending": still_pending}
 
 
 @dg.sensor(

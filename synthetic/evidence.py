@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr, ndtr
 
-MODALITIES = ("ehr", "text", "image", "audio")
+from clinfuse.models.modalities import MODALITIES
 
 # y ~ Bernoulli(Phi(BASE + u)), u ~ N(0, PATIENT_SD^2) shared by a patient's admissions: labels
 # cluster within patients (why splits must be by patient); marginally P(y=1) = PREVALENCE.

@@ -14,10 +14,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from clinfuse.assets.ingest import dicom_reader
-from clinfuse.assets.ingest.dicom_header import uid_key
-from clinfuse.assets.ingest.dicom_pixels import ResizeArea, ScalePercentiles
-from clinfuse.assets.ingest.dicom_reader import (
+from clinfuse.assets.ingest.dicom import reader as dicom_reader
+from clinfuse.assets.ingest.dicom.header import uid_key
+from clinfuse.assets.ingest.dicom.pixels import ResizeArea, ScalePercentiles
+from clinfuse.assets.ingest.dicom.reader import (
     INDEX_DTYPES,
     ImageError,
     ingest_dicom,
@@ -36,10 +36,14 @@ from clinfuse.assets.ingest.quarantine import (
     UNKNOWN_PATIENT,
     UNSUPPORTED_TRANSFER_SYNTAX,
 )
-from clinfuse.assets.ingest.shards import ShardReader
+from clinfuse.models.shards import ShardReader
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-REALDATA = Path("/work/shared/realdata/dicom")
+# The shared folder beside the checkout (../shared/realdata), as in test_realdata.py.
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "dicom"
+NEEDS_REALDATA = pytest.mark.skipif(
+    not REALDATA.is_dir(), reason="../shared/realdata is not beside this checkout"
+)
 SIZE = 32
 ADMISSIONS = pd.DataFrame(
     {
@@ -127,6 +131,8 @@ def outcome(result: dicom_reader.DicomIngest) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory):
     """pydicom's test files and realdata/dicom, all linked to one admission by a manifest."""
+    if not REALDATA.is_dir():
+        pytest.skip("../shared/realdata is not beside this checkout")
     root = tmp_path_factory.mktemp("corpus")
     landing = root / "landing"
     shutil.copytree(PYDICOM_FILES, landing / "dicom" / "pydicom")
@@ -184,7 +190,7 @@ def test_known_bad_files_get_their_reason(corpus, name: str, reason: str) -> Non
     ],
 )
 def test_known_good_files_decode(corpus, name: str) -> None:
-    result = read_file(str(REALDATA), name, SIZE)
+    result = read_file(str(REALDATA), name, dicom_reader.Decoding(SIZE))
     assert result.reason is None
     assert result.image.shape == (1, SIZE, SIZE) and result.image.dtype == np.float32
     assert 0.0 <= result.image.min() < result.image.max() <= 1.0
@@ -242,6 +248,7 @@ def test_monochrome1_is_inverted(tmp_path: Path) -> None:
     np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
 
 
+@NEEDS_REALDATA
 def test_real_monochrome1_matches_its_monochrome2_reading() -> None:
     ds = pydicom.dcmread(REALDATA / "RG1_J2KI.dcm")
     as_stored = load_image(ds, SIZE)
@@ -376,11 +383,11 @@ def test_pool_and_inline_agree(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a, np.load(tmp_path / "pooled" / "shards" / shard))
 
 
-def crash_on_marked(dicom_dir: str, relatives: list[str], image_size: int) -> list:
+def crash_on_marked(dicom_dir: str, relatives: list[str], decoding) -> list:
     """A stand-in for a decoder that segfaults on one file."""
     if any("crash" in r for r in relatives):
         os._exit(1)
-    return dicom_reader.read_chunk(dicom_dir, relatives, image_size)
+    return dicom_reader.read_chunk(dicom_dir, relatives, decoding)
 
 
 def test_a_crashing_worker_costs_one_file(tmp_path: Path) -> None:
@@ -390,7 +397,11 @@ def test_a_crashing_worker_costs_one_file(tmp_path: Path) -> None:
         write_dicom(d / name)
     chunks = [names[i : i + 2] for i in range(0, len(names), 2)]
     results = [
-        r for c in dicom_reader.ordered_map(crash_on_marked, str(d), chunks, SIZE, 2) for r in c
+        r
+        for c in dicom_reader.ordered_map(
+            crash_on_marked, str(d), chunks, dicom_reader.Decoding(SIZE), 2
+        )
+        for r in c
     ]
     assert [r.path for r in results] == names
     assert [r.path for r in results if r.reason] == ["crash.dcm"]
@@ -462,3 +473,23 @@ def test_planted_phi_never_leaves(tmp_path: Path, capfd: pytest.CaptureFixture[s
     parts = {p for m in markers for p in re.split(r"[\^ ]", m) if "zqx" in p.lower() or len(p) > 4}
     for part in parts | set(markers):
         assert not any(part.encode() in blob for blob in blobs), part
+
+
+def test_an_image_over_the_size_limit_is_quarantined_undecoded(tmp_path: Path) -> None:
+    """The limit is on what the header declares: the decoder is never asked to allocate."""
+    d = tmp_path / "dicom"
+    write_dicom(d / "small.dcm")  # 16 x 16 x 2 bytes
+    huge = write_dicom(d / "huge.dcm")
+    ds = pydicom.dcmread(huge)
+    ds.Rows = ds.Columns = 30_000  # declares 1.7 GB; the file still holds 512 bytes
+    ds.save_as(huge)
+    results = {
+        r.path: r
+        for r in dicom_reader.read_chunk(
+            str(d), ["small.dcm", "huge.dcm"], dicom_reader.Decoding(SIZE)
+        )
+    }
+    assert results["small.dcm"].reason is None
+    assert results["huge.dcm"].reason.startswith("image too large")
+    tight = dicom_reader.read_file(str(d), "small.dcm", dicom_reader.Decoding(SIZE, 0.0001))
+    assert tight.reason.startswith("image too large")

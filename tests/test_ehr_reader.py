@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clinfuse.assets.ingest import ehr_reader as er
 from clinfuse.assets.ingest.counting import count_data_rows
-from clinfuse.assets.ingest.notes_reader import NOTE_COLUMNS, read_notes
+from clinfuse.assets.ingest.ehr import reader as er
+from clinfuse.assets.ingest.ehr.notes import NOTE_COLUMNS, read_notes
 
 DEMO = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "mimic_iv_demo" / "hosp"
 

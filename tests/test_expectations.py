@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clinfuse.assets.checks import expectations as ex
-from clinfuse.assets.ingest import ehr_reader as er
+from clinfuse.assets.ingest.ehr import reader as er
 
 DEMO = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "mimic_iv_demo" / "hosp"
 T = pd.Timestamp

@@ -13,15 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from clinfuse.assets.cohort.window import allowed_notes, in_window, read_window_labs
 from clinfuse.assets.features import text as text_module
 from clinfuse.assets.features.labs import AGGREGATES, LabFeaturizer
 from clinfuse.assets.features.text import (
     NoteEmbedder,
     TfidfModel,
-    allowed_notes,
     fitting_chunks,
 )
-from clinfuse.assets.features.window import in_window, read_window_labs
 
 T = pd.Timestamp
 H = pd.Timedelta(hours=1)

@@ -22,9 +22,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clinfuse.assets.evaluation.metrics import expected_calibration_error
-from clinfuse.assets.ingest.shards import ShardWriter
-from clinfuse.models import ModalityInputs, TrainConfig
 from clinfuse.models.calibration import Calibrator, calibration_line, sigmoid
+from clinfuse.models.data import ModalityInputs
 from clinfuse.models.learners import (
     C_GRID,
     CrossFitted,
@@ -37,8 +36,10 @@ from clinfuse.models.learners import (
     negation_marked,
     validation_scores,
 )
+from clinfuse.models.shards import ShardWriter
 from clinfuse.models.sources import BatchSource, CohortSource, Source
 from clinfuse.models.stacking import LateFusion, fit_fused_model
+from clinfuse.models.training import TrainConfig
 
 IMAGE, AUDIO = (1, 16, 16), (1, 8, 20)
 

@@ -13,18 +13,18 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from clinfuse.assets.ingest.shards import ShardWriter
-from clinfuse.models import (
-    MODALITIES,
-    STRATEGIES,
-    AdmissionDataset,
-    FusionModel,
-    ModalityInputs,
+from clinfuse.models.data import AdmissionDataset, ModalityInputs
+from clinfuse.models.fusion import STRATEGIES, FusionModel
+from clinfuse.models.modalities import MODALITIES
+from clinfuse.models.shards import ShardWriter
+from clinfuse.models.training import (
     TrainConfig,
+    drop_modalities,
+    ema_decay,
     predict_proba,
+    single_modality,
     train_fusion,
 )
-from clinfuse.models.training import drop_modalities, ema_decay, single_modality
 
 EHR, TEXT = 6, 5
 IMAGE, AUDIO = (1, 16, 16), (1, 8, 20)
@@ -166,7 +166,7 @@ def _splits(inputs: ModalityInputs) -> tuple[AdmissionDataset, AdmissionDataset]
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_learns_a_separable_set(tmp_path, strategy):
     train, validation = _splits(_separable_inputs(tmp_path))
-    config = TrainConfig(strategy=strategy, width=16, epochs=8, batch_size=16, lr=3e-3)
+    config = TrainConfig(strategy=strategy, width=16, epochs=8, batch_size=16, learning_rate=3e-3)
     rows = []
     result = train_fusion(train, validation, config, on_epoch=rows.append)
     assert rows == result.history

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clinfuse.orchestration.mlflow_resource import MLflowResource
+from clinfuse.assets.mlflow_resource import MLflowResource
 from clinfuse.synthetic import truth_dir
 from tests.conftest import PHI_MARKERS
 
@@ -153,8 +153,12 @@ def test_every_candidate_learner_and_the_choice_are_in_mlflow(pipeline_run):
         assert scores[name]["val_logloss"] <= best + 1e-3  # the choice is the best (or a tie)
 
 
-def test_the_champion_pyfunc_reproduces_the_pipeline_probabilities(pipeline_run):
+def test_the_champion_pyfunc_reproduces_the_pipeline_probabilities(pipeline_run, monkeypatch):
+    from clinfuse.assets.evaluation.serve_inputs import SERVE_ROOT_ENV
     from clinfuse.assets.evaluation.serving import serving_frame
+
+    # serving_frame's paths are in the landing zone: serve it, as the champion gate does.
+    monkeypatch.setenv(SERVE_ROOT_ENV, str(pipeline_run["landing"]))
 
     block, workdir = pipeline_run["report"]["mlflow"], pipeline_run["workdir"]
     tables = workdir / "tables"
@@ -172,7 +176,9 @@ def test_the_champion_pyfunc_reproduces_the_pipeline_probabilities(pipeline_run)
     store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(workdir))
     with store.activated():
         model = mlflow.pyfunc.load_model(f"models:/{block['model_name']}@champion")
-    served = np.asarray(model.predict(frame), dtype=float)
+    served = model.predict(frame)
+    assert (served["errors"].map(len) == 0).all(), served["errors"].tolist()
+    served = served["p_fusion"].to_numpy(dtype=float)
     expected = pd.read_parquet(workdir / pipeline_run["report"]["predictions_path"])
     expected = expected.set_index("hadm_id").loc[test["hadm_id"], "p_fusion"].to_numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)
@@ -182,81 +188,3 @@ def test_report_json_is_plain_json(pipeline_run):
     text = (pipeline_run["workdir"] / "report.json").read_text()
     assert "NaN" not in text
     json.loads(text)
-
-
-def test_mlflow_models_serve_answers_a_request(pipeline_run, tmp_path):
-    """`mlflow models serve` on the champion (local env: nothing is installed or downloaded)."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    block = pipeline_run["report"]["mlflow"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "MLFLOW_TRACKING_URI": block["tracking_uri"],
-    }
-    command = [
-        f"{bin_dir}/mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{block['model_name']}@champion",
-        "--env-manager",
-        "local",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
-    log = (tmp_path / "serve.log").open("w")
-    # its own session: mlflow starts uvicorn as a child, and both must go at the end
-    server = subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow models serve did not answer"
-                time.sleep(0.5)
-        record = {
-            "hadm_id": 1,
-            "subject_id": 1,
-            "admittime": "2180-01-01 08:00:00",
-            "gender": "F",
-            "anchor_age": 64.0,
-            "anchor_year": 2180.0,
-            "labs": json.dumps(
-                [{"itemid": 51301, "charttime": "2180-01-01 10:00:00", "valuenum": 17.5}]
-            ),
-            "notes": "Productive cough, fever and pleuritic chest pain.",
-        }
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"dataframe_records": [record]}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
-        assert len(answer["predictions"]) == 1
-        assert 0.0 < float(np.ravel(answer["predictions"])[0]) < 1.0
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()

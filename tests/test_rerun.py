@@ -11,9 +11,10 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
+from dagster import AssetKey
 
 from clinfuse.orchestration.cli import main
-from clinfuse.orchestration.runner import retrain, run_pipeline
+from clinfuse.orchestration.runner import dagster_instance, retrain, run_pipeline
 from tests.conftest import TINY_TRAINING
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,8 @@ def _kill_midway(landing: Path, workdir: Path, config: Path) -> None:
 def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
     workdir = tmp_path / "work"
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"window_hours": 24, "training": TINY_TRAINING}))
+    # A window other than the default: every step, promote included, must use the run's own.
+    config.write_text(yaml.safe_dump({"window_hours": 20, "training": TINY_TRAINING}))
 
     _kill_midway(landing, workdir, config)
     first = run_pipeline(landing, workdir, config, workers=2)
@@ -71,7 +73,7 @@ def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
     champion_before = client.get_registered_model(name).aliases["champion"]
 
     negative_control = {**TINY_TRAINING, "shuffle_labels": True}
-    worse = retrain(landing, workdir, negative_control).output_for_node("champion")
+    worse = retrain(landing, workdir, negative_control, config).output_for_node("champion")
     assert worse["version"] == "3"
     assert worse["decision"]["promoted"] is False
     # Refused on the metric it is worse in: discrimination, calibration, or both (which one
@@ -97,9 +99,15 @@ def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
             "--force",
             "--note",
             "pytest: override check",
+            "--config",
+            str(config),
         ]
     )
     assert code == 0
+    with dagster_instance(workdir) as instance:
+        event = instance.get_latest_materialization_event(AssetKey("champion"))
+    rescored = event.asset_materialization.metadata["window_hours"].value
+    assert rescored == 20  # the champion was re-scored with the run's window, not the default
     assert str(client.get_registered_model(name).aliases["champion"]) == "3"
     tags = client.get_model_version(name, "3").tags
     assert tags["promotion.forced"] == "true"

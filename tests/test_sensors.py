@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from clinfuse.orchestration.resources import LandingZone
+from clinfuse.assets.resources import LandingZone
 from clinfuse.orchestration.sensors import landing_zone_sensor
 
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from clinfuse.assets.ingest.audio_reader import load_recording
-from clinfuse.assets.ingest.dicom_reader import load_image
+from clinfuse.assets.ingest.audio.reader import load_recording
+from clinfuse.assets.ingest.dicom.reader import load_image
 from clinfuse.assets.settings import AudioSettings
 from clinfuse.synthetic import TASKS, generate, get_task, simulate_truth, truth_dir
 from clinfuse.synthetic.truth import auroc

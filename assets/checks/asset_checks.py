@@ -11,22 +11,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from clinfuse.assets.checks import expectations
-from clinfuse.assets.features.text import allowed_note_rows
-from clinfuse.orchestration.resources import PipelineSettings
+from clinfuse.assets.checks.results import outcome_result
+from clinfuse.assets.cohort.window import allowed_note_rows
+from clinfuse.assets.resources import PipelineSettings
 
 LAB_SAMPLE_ROWS = 500_000  # labevents is checked on its first rows: MIMIC's is tens of GB
-
-
-def outcome_result(outcome: expectations.QualityOutcome) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.ERROR if outcome.blocking else dg.AssetCheckSeverity.WARN,
-        description=outcome.description,
-        metadata={
-            "failed_expectations": ", ".join(outcome.failed_expectations) or "none",
-            **{k: v for k, v in outcome.metadata.items() if isinstance(v, int | float | str)},
-        },
-    )
 
 
 @dg.asset_check(asset="patients", blocking=True)
@@ -96,7 +85,7 @@ def lab_features_come_from_the_window(
 ) -> dg.AssetCheckResult:
     """Blocking: every lab row behind the features was charted inside its window."""
     return outcome_result(
-        expectations.validate_window(window_labs, cohort, settings.window_hours, "charttime")
+        expectations.validate_window(window_labs, cohort, settings.value.window_hours, "charttime")
     )
 
 
@@ -109,8 +98,8 @@ def note_features_come_from_the_window(
     settings: PipelineSettings, cohort: pd.DataFrame, notes: pd.DataFrame
 ) -> dg.AssetCheckResult:
     """Blocking: every note behind the text features is in its window and none is a "DS"."""
-    rows = allowed_note_rows(notes, cohort, settings.window_hours)
-    outcome = expectations.validate_window(rows, cohort, settings.window_hours, "charttime")
+    rows = allowed_note_rows(notes, cohort, settings.value.window_hours)
+    outcome = expectations.validate_window(rows, cohort, settings.value.window_hours, "charttime")
     discharge = int(rows["note_type"].astype("string").str.strip().str.upper().eq("DS").sum())
     if discharge:
         return dg.AssetCheckResult(

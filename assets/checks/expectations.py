@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from clinfuse.assets.checks.gx_runner import QualityOutcome, gx_expectations, run_suite
-from clinfuse.assets.ingest import table_schema as ts
+from clinfuse.assets.ingest.ehr import table_schema as ts
+from clinfuse.models.modalities import MODALITIES
 
 __all__ = [
     "QualityOutcome",
@@ -31,7 +32,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "validation", "test")
-MODALITIES = ("ehr", "text", "image", "audio")
 MIN_COVERAGE = 0.5
 RANGE_MOSTLY = 0.99
 

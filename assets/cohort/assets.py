@@ -6,11 +6,12 @@ import dagster as dg
 import pandas as pd
 
 from clinfuse.assets.checks import expectations
-from clinfuse.assets.checks.asset_checks import outcome_result
-from clinfuse.assets.cohort.availability import MODALITIES, modality_availability
+from clinfuse.assets.checks.results import outcome_result
+from clinfuse.assets.cohort.availability import modality_availability
 from clinfuse.assets.cohort.labels import label_admissions
 from clinfuse.assets.cohort.splits import assign_splits, patients_in_two_splits, split_summary
-from clinfuse.orchestration.resources import PipelineSettings
+from clinfuse.assets.resources import PipelineSettings
+from clinfuse.models.modalities import MODALITIES
 
 GROUP = "cohort"
 COHORT_COLUMNS = [
@@ -60,7 +61,7 @@ def cohort(
     recording_index: pd.DataFrame,
 ) -> pd.DataFrame:
     """One row per admission: label for the configured target, split, modalities in the window."""
-    run = settings.settings()
+    run = settings.value
     table = build_cohort(admissions, patients, diagnoses_icd, run)
     available = modality_availability(
         table, labevents, notes, dicom_index, recording_index, run.window_hours

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from clinfuse.assets.features.text import allowed_notes
-from clinfuse.assets.features.window import in_window, read_window_labs
-
-MODALITIES = ("ehr", "text", "image", "audio")
+from clinfuse.assets.cohort.window import allowed_notes, in_window, read_window_labs
+from clinfuse.models.modalities import MODALITIES
 
 
 def latest_in_window(

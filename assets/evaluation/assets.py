@@ -7,13 +7,13 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from clinfuse.assets.cohort.availability import MODALITIES
 from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import plots
 from clinfuse.assets.evaluation.model_card import model_card
+from clinfuse.assets.mlflow_resource import MLflowResource
+from clinfuse.assets.resources import PipelineSettings, WorkDir
 from clinfuse.models.calibration import calibration_line
-from clinfuse.orchestration.mlflow_resource import MLflowResource
-from clinfuse.orchestration.resources import PipelineSettings, WorkDir
+from clinfuse.models.modalities import MODALITIES
 
 GROUP = "evaluation"
 MODELS = ("fusion", *MODALITIES)
@@ -111,9 +111,9 @@ def evaluation(
     subgroups = m.subgroup_metrics(test["label"], test["p_fusion"], threshold, frame)
     folder = workdir.folder("evaluation", context.run.run_id)
     card = model_card(
-        model_name=f"clinfuse-{settings.target_name}",
+        model_name=f"clinfuse-{settings.value.target.name}",
         version="(registered next)",
-        target=settings.target_name,
+        target=settings.value.target.name,
         cohort_summary={
             "admissions": len(cohort),
             "positives": int(cohort["label"].sum()),
@@ -126,7 +126,7 @@ def evaluation(
         ablation=removed,
         subgroups=subgroups,
         limits=[
-            f"Features only from the first {settings.window_hours:g} h of an admission.",
+            f"Features only from the first {settings.value.window_hours:g} h of an admission.",
             "Discharge summaries are never used.",
             "Splits are by patient; thresholds are chosen on validation.",
         ],

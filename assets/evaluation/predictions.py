@@ -5,9 +5,10 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from clinfuse.assets.cohort.availability import MODALITIES
-from clinfuse.assets.training.assets import TRAINING_INS, cohort_source
-from clinfuse.orchestration.resources import PipelineSettings
+from clinfuse.assets.ingest.ingested import ShardSet
+from clinfuse.assets.resources import PipelineSettings
+from clinfuse.assets.training.inputs import CohortTables, cohort_source
+from clinfuse.models.modalities import MODALITIES
 
 GROUP = "evaluation"
 SCORED_SPLITS = ("validation", "test")
@@ -17,9 +18,19 @@ SCORED_SPLITS = ("validation", "test")
     group_name=GROUP,
     kinds={"scikitlearn", "parquet"},
     owners=["team:clinical-ml"],
-    ins={name: dg.AssetIn() for name in (*TRAINING_INS, "fusion_model")},
 )
-def predictions(settings: PipelineSettings, **tables) -> pd.DataFrame:
+def predictions(
+    settings: PipelineSettings,
+    cohort: pd.DataFrame,
+    notes: pd.DataFrame,
+    lab_features: pd.DataFrame,
+    note_features: pd.DataFrame,
+    dicom_index: pd.DataFrame,
+    recording_index: pd.DataFrame,
+    study_images: ShardSet,
+    recording_spectrograms: ShardSet,
+    fusion_model: dict,
+) -> pd.DataFrame:
     """One row per validation and test admission: label, p_fusion, p_<modality>, ablations.
 
     Validation rows choose the decision threshold; test rows are what every metric reports.
@@ -28,8 +39,18 @@ def predictions(settings: PipelineSettings, **tables) -> pd.DataFrame:
     models are compared on the same admissions. p_fusion_without_<modality> is the fusion model
     with that modality marked missing.
     """
-    fused = joblib.load(tables.pop("fusion_model")["checkpoint"])
-    cohort, source = cohort_source(settings, tables)
+    fused = joblib.load(fusion_model["checkpoint"])
+    tables = CohortTables(
+        cohort,
+        notes,
+        lab_features,
+        note_features,
+        dicom_index,
+        recording_index,
+        study_images,
+        recording_spectrograms,
+    )
+    source = cohort_source(tables, settings.value.window_hours)
     rows = np.flatnonzero(cohort["split"].isin(SCORED_SPLITS).to_numpy())
     table = cohort.iloc[rows][["hadm_id", "subject_id", "split", "label", "gender", "anchor_age"]]
     table = table.reset_index(drop=True)

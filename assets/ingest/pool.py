@@ -30,8 +30,8 @@ from types import FunctionType, ModuleType
 # The readers' modules (pydicom and its decoders; soundfile, soxr and librosa's feature stack)
 # and torch, which the DICOM resize runs on.
 PRELOAD = (
-    "clinfuse.assets.ingest.dicom_reader",
-    "clinfuse.assets.ingest.audio_features",
+    "clinfuse.assets.ingest.dicom.reader",
+    "clinfuse.assets.ingest.audio.features",
     "torch",
 )
 _MAIN_NAMES = ("__main__", "__mp_main__")

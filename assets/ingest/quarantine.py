@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-MODALITIES = ("ehr", "note", "dicom", "audio")
+SOURCES = ("ehr", "note", "dicom", "audio")  # the landing zone's folders
 COLUMNS = ["modality", "source", "reason"]
 
 
@@ -28,7 +28,7 @@ class Reject:
     reason: str
 
     def __post_init__(self) -> None:
-        if self.modality not in MODALITIES:
+        if self.modality not in SOURCES:
             raise ValueError(f"unknown modality {self.modality!r}")
 
 

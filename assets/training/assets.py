@@ -6,7 +6,6 @@ head on their out-of-fold logits and calibrates it, and each single-modality mod
 validation (models/stacking.py). Both are tracked in MLflow.
 """
 
-import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -15,111 +14,21 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from clinfuse.assets.cohort.availability import MODALITIES
-from clinfuse.assets.features.text import allowed_notes
 from clinfuse.assets.ingest.ingested import ShardSet
-from clinfuse.assets.training.inputs import modality_inputs, split_indices
+from clinfuse.assets.mlflow_resource import MLflowResource
+from clinfuse.assets.resources import PipelineSettings, WorkDir
+from clinfuse.assets.settings import Settings, TrainingSettings, to_dict
+from clinfuse.assets.training.inputs import CohortTables, cohort_source, flat_params, split_indices
 from clinfuse.models.learners import ModalityChoice, candidates, fit_modality
+from clinfuse.models.modalities import MODALITIES
 from clinfuse.models.sources import CohortSource
 from clinfuse.models.stacking import FusedModel, fit_fused_model
-from clinfuse.models.training import TrainConfig
-from clinfuse.orchestration.mlflow_resource import MLflowResource
-from clinfuse.orchestration.resources import PipelineSettings, WorkDir
 
 GROUP = "training"
 OWNERS = ["team:clinical-ml"]
-TRAINING_INS = (
-    "cohort",
-    "notes",
-    "lab_features",
-    "note_features",
-    "dicom_index",
-    "recording_index",
-    "study_images",
-    "recording_spectrograms",
-)
-
-
 # Cross-fitting needs each fold to hold both classes; below this a modality gets no model (it
 # then counts as missing for every admission) rather than failing the run.
 MIN_PER_CLASS = 2
-
-
-class TrainingConfig(dg.Config):
-    """Hyper-parameters of every model trained in a run."""
-
-    # late: logistic regression on the chosen learners' out-of-fold logits (the default);
-    # early | attention: the FusionModel network over the raw inputs, for comparison.
-    strategy: str = "late"
-    # Folds of the train split for cross-fitting: linear and boosted learners, and networks
-    # (a network costs K trainings; docs/benchmarks.md measures what more folds buy).
-    crossfit_folds: int = 5
-    network_folds: int = 3
-    # The PyTorch candidates (the encoders' own networks):
-    width: int = 64
-    epochs: int = 40
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 6
-    num_workers: int = 0
-    augment: bool = True  # MONAI augmentation of train images and spectrograms
-    ema_epochs: float = 1.5  # horizon of the weights' moving average that is kept (0: off)
-    # Start a modality's network from encoder weights in a local file the user names
-    # ({image: /path/encoder.pt}): a state_dict of that encoder, e.g. pretrained on their own
-    # archive. Nothing is downloaded.
-    init_encoders: dict[str, str] = {}
-    # A negative control: train on permuted train labels. The result must not beat chance, and
-    # the promotion gate must refuse it (tests use it; so can a person checking for leakage).
-    shuffle_labels: bool = False
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(
-            width=self.width,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.learning_rate,
-            weight_decay=self.weight_decay,
-            patience=self.patience,
-            modality_dropout=0.0,
-            seed=seed,
-            num_workers=self.num_workers,
-            augment=self.augment,
-            ema_epochs=self.ema_epochs,
-            init_encoders=dict(self.init_encoders),
-        )
-
-    @property
-    def folds(self) -> dict[str, int]:
-        return {"estimator": self.crossfit_folds, "network": self.network_folds}
-
-
-def cohort_source(settings: PipelineSettings, tables: dict, shuffle_seed: int | None = None):
-    """The cohort's inputs as learners read them; with `shuffle_seed`, permuted train labels."""
-    cohort = tables["cohort"]
-    inputs = modality_inputs(
-        cohort,
-        tables["lab_features"],
-        tables["note_features"],
-        tables["dicom_index"],
-        tables["recording_index"],
-        tables["study_images"],
-        tables["recording_spectrograms"],
-        settings.window_hours,
-    )
-    if shuffle_seed is not None:
-        labels = inputs.labels.copy()
-        train = split_indices(cohort, "train")
-        labels[train] = np.random.default_rng(shuffle_seed).permutation(labels[train])
-        inputs = dataclasses.replace(inputs, labels=labels)
-    text = allowed_notes(tables["notes"], cohort, settings.window_hours)
-    notes = [_text(text.get(int(h))) for h in cohort["hadm_id"]]
-    groups = cohort["subject_id"].to_numpy(dtype=np.int64)
-    return cohort, CohortSource(inputs, notes=notes, groups=groups)
-
-
-def _text(value: object) -> str | None:
-    return None if value is None or pd.isna(value) else str(value)
 
 
 def git_commit() -> str:
@@ -144,7 +53,7 @@ def input_data_versions(context: dg.AssetExecutionContext) -> dict[str, str]:
 
 def choose_learners(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
+    config: TrainingSettings,
     source: CohortSource,
     cohort: pd.DataFrame,
     seed: int,
@@ -152,7 +61,7 @@ def choose_learners(
 ) -> dict[str, ModalityChoice]:
     """Every modality's candidates cross-fitted on train, the best kept on validation."""
     train, validation = split_indices(cohort, "train"), split_indices(cohort, "validation")
-    network = config.train_config(seed)
+    network = config.network(seed)
     choices = {}
     for modality in MODALITIES:
         labels = source.labels[train][source.present(modality)[train]]
@@ -196,24 +105,43 @@ def _save(value: object, path: Path) -> Path:
     kinds={"pytorch", "scikitlearn", "mlflow"},
     owners=OWNERS,
     pool="gpu",
-    ins={name: dg.AssetIn() for name in TRAINING_INS},
 )
 def modality_models(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
     settings: PipelineSettings,
     workdir: WorkDir,
     mlflow: MLflowResource,
-    **tables,
+    cohort: pd.DataFrame,
+    notes: pd.DataFrame,
+    lab_features: pd.DataFrame,
+    note_features: pd.DataFrame,
+    dicom_index: pd.DataFrame,
+    recording_index: pd.DataFrame,
+    study_images: ShardSet,
+    recording_spectrograms: ShardSet,
 ) -> dict:
     """Per modality: every candidate learner cross-fitted on train, the best on validation."""
     import mlflow as mlflow_api
 
-    cohort, source = cohort_source(settings, tables)
+    run_settings = settings.value
+    config = run_settings.training
+    tables = CohortTables(
+        cohort,
+        notes,
+        lab_features,
+        note_features,
+        dicom_index,
+        recording_index,
+        study_images,
+        recording_spectrograms,
+    )
+    source = cohort_source(tables, run_settings.window_hours)
     tags = {"dagster.run_id": context.run.run_id, "dagster.asset": "modality_models"}
     with mlflow.start_run("modality-learners", tags) as run:
-        mlflow_api.log_params({**config.folds, "seed": settings.seed})
-        choices = choose_learners(context, config, source, cohort, settings.seed, _log_candidate)
+        mlflow_api.log_params({**config.folds, "seed": run_settings.seed})
+        choices = choose_learners(
+            context, config, source, cohort, run_settings.seed, _log_candidate
+        )
         mlflow_api.log_params({f"chosen.{m}": c.chosen for m, c in choices.items()})
         run_id = run.info.run_id
     path = _save(choices, workdir.folder("models", context.run.run_id) / "modalities.joblib")
@@ -241,16 +169,22 @@ def modality_models(
     kinds={"scikitlearn", "mlflow"},
     owners=OWNERS,
     pool="gpu",
-    ins={name: dg.AssetIn() for name in (*TRAINING_INS, "modality_models")},
     deps=["lab_featurizer", "note_embedder"],
 )
 def fusion_model(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
     settings: PipelineSettings,
     workdir: WorkDir,
     mlflow: MLflowResource,
-    **tables,
+    cohort: pd.DataFrame,
+    notes: pd.DataFrame,
+    lab_features: pd.DataFrame,
+    note_features: pd.DataFrame,
+    dicom_index: pd.DataFrame,
+    recording_index: pd.DataFrame,
+    study_images: ShardSet,
+    recording_spectrograms: ShardSet,
+    modality_models: dict,
 ) -> dict:
     """The fusion head on out-of-fold logits, calibrated on validation; one MLflow run.
 
@@ -258,9 +192,20 @@ def fusion_model(
     """
     import mlflow as mlflow_api
 
-    singles = tables.pop("modality_models")
-    shuffle_seed = settings.seed if config.shuffle_labels else None
-    cohort, source = cohort_source(settings, tables, shuffle_seed)
+    run_settings = settings.value
+    config, seed = run_settings.training, run_settings.seed
+    tables = CohortTables(
+        cohort,
+        notes,
+        lab_features,
+        note_features,
+        dicom_index,
+        recording_index,
+        study_images,
+        recording_spectrograms,
+    )
+    shuffle_seed = seed if config.shuffle_labels else None
+    source = cohort_source(tables, run_settings.window_hours, shuffle_seed)
     tags = {
         "dagster.run_id": context.run.run_id,
         "dagster.asset": "fusion_model",
@@ -271,19 +216,13 @@ def fusion_model(
     train, validation = split_indices(cohort, "train"), split_indices(cohort, "validation")
     with mlflow.start_run(f"fusion-{config.strategy}", tags) as run:
         if config.shuffle_labels:
-            choices = choose_learners(context, config, source, cohort, settings.seed)
+            choices = choose_learners(context, config, source, cohort, seed)
         else:
-            choices = joblib.load(singles["path"])
+            choices = joblib.load(modality_models["path"])
         model = fit_fused_model(
-            choices,
-            source,
-            train,
-            validation,
-            settings.seed,
-            config.strategy,
-            config.train_config(settings.seed),
+            choices, source, train, validation, seed, config.strategy, config.network(seed)
         )
-        params = _fusion_params(config, settings, model, len(train), len(validation))
+        params = _fusion_params(run_settings, model, len(train), len(validation))
         mlflow_api.log_params(params)
         path = _save(model, workdir.folder("models", context.run.run_id) / "fusion.joblib")
         mlflow_api.log_metrics({f"weight.{m}": w for m, w in model.head.fusion.weights.items()})
@@ -308,12 +247,10 @@ def fusion_model(
     }
 
 
-def _fusion_params(
-    config: TrainingConfig, settings: PipelineSettings, model: FusedModel, n_train: int, n_val: int
-) -> dict:
+def _fusion_params(settings: Settings, model: FusedModel, n_train: int, n_val: int) -> dict:
     return {
-        **config.model_dump(),
-        "target": settings.target_name,
+        **flat_params(to_dict(settings.training)),
+        "target": settings.target.name,
         "window_hours": settings.window_hours,
         "image_size": settings.image_size,
         "train_admissions": n_train,
@@ -321,6 +258,3 @@ def _fusion_params(
         "calibration": model.head.calibrator.method_,
         **{f"chosen.{m}": c.chosen for m, c in model.choices.items()},
     }
-
-
-__all__ = ["fusion_model", "modality_models", "ShardSet", "cohort_source", "TRAINING_INS"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from clinfuse.assets.cohort.availability import MODALITIES, latest_in_window
+from clinfuse.assets.cohort.availability import latest_in_window
+from clinfuse.assets.cohort.window import allowed_notes
 from clinfuse.assets.ingest.ingested import ShardSet
 from clinfuse.models.data import ModalityInputs
+from clinfuse.models.modalities import MODALITIES
+from clinfuse.models.sources import CohortSource
 
 
 def _aligned(table: pd.DataFrame, ids: pd.Series) -> np.ndarray:
@@ -57,3 +63,58 @@ def modality_inputs(
 
 def split_indices(cohort: pd.DataFrame, split: str) -> np.ndarray:
     return np.flatnonzero(cohort["split"].to_numpy() == split)
+
+
+@dataclass(frozen=True)
+class CohortTables:
+    """The asset values every learner reads: the cohort and its feature tables and shards."""
+
+    cohort: pd.DataFrame
+    notes: pd.DataFrame
+    lab_features: pd.DataFrame
+    note_features: pd.DataFrame
+    dicom_index: pd.DataFrame
+    recording_index: pd.DataFrame
+    study_images: ShardSet
+    recording_spectrograms: ShardSet
+
+
+def cohort_source(
+    tables: CohortTables, window_hours: float, shuffle_seed: int | None = None
+) -> CohortSource:
+    """The cohort's inputs as learners read them; with `shuffle_seed`, permuted train labels."""
+    cohort = tables.cohort
+    inputs = modality_inputs(
+        cohort,
+        tables.lab_features,
+        tables.note_features,
+        tables.dicom_index,
+        tables.recording_index,
+        tables.study_images,
+        tables.recording_spectrograms,
+        window_hours,
+    )
+    if shuffle_seed is not None:
+        labels = inputs.labels.copy()
+        train = split_indices(cohort, "train")
+        labels[train] = np.random.default_rng(shuffle_seed).permutation(labels[train])
+        inputs = dataclasses.replace(inputs, labels=labels)
+    text = allowed_notes(tables.notes, cohort, window_hours)
+    notes = [_text(text.get(int(h))) for h in cohort["hadm_id"]]
+    groups = cohort["subject_id"].to_numpy(dtype=np.int64)
+    return CohortSource(inputs, notes=notes, groups=groups)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
+
+
+def flat_params(values: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} as {"a.b": 1}: nested settings as MLflow params."""
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

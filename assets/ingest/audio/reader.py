@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from clinfuse.assets.ingest.audio_manifest import read_manifest, read_manifest_records
+from clinfuse.assets.ingest.audio.manifest import read_manifest, read_manifest_records
 from clinfuse.assets.ingest.linking import link_to_admissions
 from clinfuse.assets.ingest.pool import process_pool
 from clinfuse.assets.ingest.quarantine import (
@@ -57,8 +57,8 @@ from clinfuse.assets.ingest.quarantine import (
     rejects_frame,
     row_source,
 )
-from clinfuse.assets.ingest.shards import ShardWriter
 from clinfuse.assets.settings import AudioSettings
+from clinfuse.models.shards import ShardWriter
 
 MANIFEST = "audio/manifest.csv"
 SHARD_PREFIX = "recording"
@@ -136,7 +136,7 @@ def decode_recording(source: Path | bytes, settings: AudioSettings) -> Decoded:
     hour-long recordings, and later samples would be cut anyway."""
     # Imported here: audio_features loads librosa's feature stack (seconds), which importing
     # this module (the Dagster definitions do) should not pay.
-    from clinfuse.assets.ingest.audio_features import frames_to_read, waveform_features
+    from clinfuse.assets.ingest.audio.features import frames_to_read, waveform_features
 
     with _open_binary(source) as handle:
         if wav_truncated(handle):

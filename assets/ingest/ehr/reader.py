@@ -21,8 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clinfuse.assets.ingest import table_schema as ts
-from clinfuse.assets.ingest.csv_chunks import (
+from clinfuse.assets.ingest.ehr import table_schema as ts
+from clinfuse.assets.ingest.ehr.csv_chunks import (
     AmbiguousTableError,
     MissingColumnsError,
     UnreadableTableError,
@@ -31,7 +31,7 @@ from clinfuse.assets.ingest.csv_chunks import (
     relative,
     require_columns,
 )
-from clinfuse.assets.ingest.csv_chunks import find_table as _find_table
+from clinfuse.assets.ingest.ehr.csv_chunks import find_table as _find_table
 from clinfuse.assets.ingest.linking import link_to_admissions
 from clinfuse.assets.ingest.quarantine import (
     BAD_VALUE,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from clinfuse.assets.ingest import table_schema as ts
-from clinfuse.assets.ingest.csv_chunks import table_files
-from clinfuse.assets.ingest.ehr_reader import (
+from clinfuse.assets.ingest.ehr import table_schema as ts
+from clinfuse.assets.ingest.ehr.csv_chunks import table_files
+from clinfuse.assets.ingest.ehr.reader import (
     Loaded,
     TableRead,
     add_counts,

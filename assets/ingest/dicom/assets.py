@@ -3,10 +3,10 @@
 import dagster as dg
 import pandas as pd
 
-from clinfuse.assets.ingest import dicom_reader
+from clinfuse.assets.ingest.dicom import reader as dicom_reader
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
 from clinfuse.assets.ingest.progress import log_progress
-from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
+from clinfuse.assets.resources import LandingZone, PipelineSettings, WorkDir
 
 GROUP = "ingest"
 
@@ -40,7 +40,8 @@ def dicom_studies(
     patients: pd.DataFrame,
 ):
     """Reads every file under dicom/ in a process pool: header, pixels, link to an admission."""
-    size = settings.image_size
+    run = settings.value
+    size = run.image_size
     shard_dir = workdir.fresh_folder("shards", "study_images")
     if landing.has("dicom"):
         result = dicom_reader.ingest_dicom(
@@ -51,6 +52,7 @@ def dicom_studies(
             image_size=size,
             workers=workdir.worker_count,
             progress=log_progress(context, "dicom"),
+            max_image_mb=run.limits.max_image_mb,
         )
         index, rejects, seen, shards = result.index, result.rejects, result.seen, result.shards
     else:

@@ -3,9 +3,10 @@
 import dagster as dg
 import pandas as pd
 
-from clinfuse.assets.ingest import ehr_reader, notes_reader
+from clinfuse.assets.ingest.ehr import notes as notes_reader
+from clinfuse.assets.ingest.ehr import reader as ehr_reader
 from clinfuse.assets.ingest.ingested import Ingested
-from clinfuse.orchestration.resources import LandingZone, WorkDir
+from clinfuse.assets.resources import LandingZone, WorkDir
 
 GROUP = "ingest"
 OWNERS = ["team:clinical-ml"]

@@ -54,6 +54,8 @@ from clinfuse.assets.ingest.quarantine import (
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float Pixel Data
 MAX_FRAME_PIXELS = 1 << 27  # 134 M samples (~11k x 11k RGB): beyond it a header lies
+DEFAULT_MAX_IMAGE_MB = 512.0  # limits.max_image_mb (../shared/cli-and-report.md)
+IMAGE_TOO_LARGE = "image too large"
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _STANDARD_UID = re.compile(r"1\.2\.840\.10008(\.\d+)+")
 
@@ -84,13 +86,13 @@ def frame_count(ds: Dataset) -> int:
     return max(frames, 1)
 
 
-def decode_frame(ds: Dataset) -> np.ndarray:
+def decode_frame(ds: Dataset, max_image_mb: float = DEFAULT_MAX_IMAGE_MB) -> np.ndarray:
     """The frame the rule picks, as pydicom decodes it: (H, W) or (H, W, samples)."""
     if not any(tag in ds for tag in PIXEL_TAGS):
         raise ImageError(NO_PIXEL_DATA)
     tsyntax = transfer_syntax(ds)
     _require_decoder(tsyntax)
-    _require_geometry(ds)
+    _require_geometry(ds, max_image_mb)
     frames = frame_count(ds)
     try:
         arr = pixel_array(ds, index=frames // 2 if frames > 1 else None)
@@ -152,8 +154,9 @@ def _require_decoder(tsyntax: UID) -> None:
         )
 
 
-def _require_geometry(ds: Dataset) -> None:
-    """The Image Pixel module's essentials, readable and sane, before a decoder allocates."""
+def _require_geometry(ds: Dataset, max_image_mb: float) -> None:
+    """The Image Pixel module's essentials, readable, sane and within the size limit, before a
+    decoder allocates: the limit is on what the header declares, so nothing is decoded."""
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel") or 1)
@@ -161,6 +164,12 @@ def _require_geometry(ds: Dataset) -> None:
         str(ds.PhotometricInterpretation)
     except Exception:  # missing, or a value that is no number
         raise ImageError(f"{UNDECODABLE_PIXELS}: bad image attributes") from None
+    declared_mb = rows * columns * samples * -(-bits // 8) * frame_count(ds) / 2**20
+    if declared_mb > max_image_mb:
+        raise ImageError(
+            f"{IMAGE_TOO_LARGE}: declares {declared_mb:,.0f} MB of pixel data, "
+            f"over limits.max_image_mb = {max_image_mb:g}"
+        )
     if min(rows, columns, samples, bits) <= 0 or rows * columns * samples > MAX_FRAME_PIXELS:
         raise ImageError(f"{UNDECODABLE_PIXELS}: bad image attributes")
 
@@ -314,9 +323,11 @@ def compose(steps: Sequence[Transform], arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def dataset_image(ds: Dataset, image_size: int) -> np.ndarray:
+def dataset_image(
+    ds: Dataset, image_size: int, max_image_mb: float = DEFAULT_MAX_IMAGE_MB
+) -> np.ndarray:
     """(1, S, S) float32 in [0, 1] from a parsed dataset; raises ImageError."""
-    frame = decode_frame(ds)
+    frame = decode_frame(ds, max_image_mb)
     image = compose(pipeline(ds, image_size), frame)
     if image.shape != (1, image_size, image_size):  # e.g. a 4-D volume decoded as one frame
         raise ImageError(f"{UNDECODABLE_PIXELS}: unexpected shape")

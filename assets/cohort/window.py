@@ -1,7 +1,8 @@
 """The prediction window: only what was charted in [admittime, admittime + window_hours).
 
 Every feature (labs, notes, images, recordings) goes through `in_window`, so the rule of
-landing-zone.md lives in one place. Plain code: no Dagster, so serving applies the same rule.
+landing-zone.md lives in one place; `allowed_notes` adds the notes' own rule (never a discharge
+summary). Plain code: no Dagster, so serving applies the same rule.
 """
 
 from __future__ import annotations
@@ -103,3 +104,32 @@ def _lab_frame(labs: pd.DataFrame) -> pd.DataFrame:
     if "charttime" in out:
         out["charttime"] = pd.to_datetime(out["charttime"])
     return out.reset_index(drop=True)
+
+
+FORBIDDEN_NOTE_TYPES = ("DS",)  # discharge summaries state the diagnosis: never a feature
+
+
+# -- which notes ---------------------------------------------------------------------------------
+
+
+def allowed_note_rows(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float):
+    """Note rows an admission may use: charted in its window, and not a discharge summary.
+
+    note_type is compared trimmed and upper-cased ("ds " is "DS"); a note with no note_type is
+    left out too, since it cannot be shown not to be a discharge summary.
+    """
+    kind = notes["note_type"].astype("string").str.strip().str.upper()
+    usable = notes[(kind.notna() & ~kind.isin(FORBIDDEN_NOTE_TYPES)).to_numpy(dtype=bool)]
+    return in_window(usable, cohort, "charttime", window_hours)
+
+
+def allowed_notes(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float) -> pd.Series:
+    """Per admission with allowed notes: their texts joined in charttime order (index hadm_id)."""
+    rows = allowed_note_rows(notes, cohort, window_hours)
+    text = rows["text"].astype("string")
+    rows = rows[(text.notna() & (text.str.strip() != "")).to_numpy(dtype=bool)]
+    order = [c for c in ("hadm_id", "charttime", "note_id") if c in rows]
+    rows = rows.sort_values(order, kind="stable")
+    joined = rows.groupby("hadm_id", sort=True)["text"].agg(lambda t: "\n\n".join(map(str, t)))
+    joined.index = pd.Index(joined.index.astype("Int64"), name="hadm_id")
+    return joined.astype("string").rename("text")

@@ -3,10 +3,10 @@
 import dagster as dg
 import pandas as pd
 
-from clinfuse.assets.ingest import audio_reader
+from clinfuse.assets.ingest.audio import reader as audio_reader
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
 from clinfuse.assets.ingest.progress import log_progress
-from clinfuse.orchestration.resources import LandingZone, PipelineSettings, WorkDir
+from clinfuse.assets.resources import LandingZone, PipelineSettings, WorkDir
 
 GROUP = "ingest"
 
@@ -39,7 +39,7 @@ def recordings(
     patients: pd.DataFrame,
 ):
     """Decodes every recording the manifest names, in a process pool, and links it."""
-    audio = settings.settings().audio
+    audio = settings.value.audio
     shard_dir = workdir.fresh_folder("shards", "recording_spectrograms")
     if landing.has("audio"):
         result = audio_reader.ingest_audio(

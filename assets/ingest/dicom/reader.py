@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 from pydicom.dataset import Dataset
 
-from clinfuse.assets.ingest.dicom_header import Header, parse_dicom, quiet, read_header
-from clinfuse.assets.ingest.dicom_manifest import MANIFEST, ManifestEntry, read_manifest
-from clinfuse.assets.ingest.dicom_pixels import ImageError, dataset_image
+from clinfuse.assets.ingest.dicom.header import Header, parse_dicom, quiet, read_header
+from clinfuse.assets.ingest.dicom.manifest import MANIFEST, ManifestEntry, read_manifest
+from clinfuse.assets.ingest.dicom.pixels import DEFAULT_MAX_IMAGE_MB, ImageError, dataset_image
 from clinfuse.assets.ingest.linking import link_to_admissions
 from clinfuse.assets.ingest.pool import process_pool
 from clinfuse.assets.ingest.quarantine import (
@@ -48,7 +48,7 @@ from clinfuse.assets.ingest.quarantine import (
     Reject,
     rejects_frame,
 )
-from clinfuse.assets.ingest.shards import ShardWriter
+from clinfuse.models.shards import ShardWriter
 
 __all__ = ["INDEX_DTYPES", "DicomIngest", "ImageError", "ingest_dicom", "load_image"]
 
@@ -84,7 +84,11 @@ class DicomIngest:
     shards: list[str]
 
 
-def load_image(source: Path | str | bytes | Dataset, image_size: int) -> np.ndarray:
+def load_image(
+    source: Path | str | bytes | Dataset,
+    image_size: int,
+    max_image_mb: float = DEFAULT_MAX_IMAGE_MB,
+) -> np.ndarray:
     """(1, S, S) float32 in [0, 1] from a DICOM file, its bytes or a parsed dataset.
 
     The pixel rule is dicom_pixels.py's docstring. Raises ImageError(reason) with a quarantine
@@ -97,11 +101,19 @@ def load_image(source: Path | str | bytes | Dataset, image_size: int) -> np.ndar
         else:
             ds = parse_dicom(source if isinstance(source, bytes) else Path(source).read_bytes())
         try:
-            return dataset_image(ds, image_size)
+            return dataset_image(ds, image_size, max_image_mb)
         except ImageError:
             raise
         except Exception:  # never the text: it may quote attribute values
             raise ImageError(UNDECODABLE_PIXELS) from None
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What every worker does to a file's pixels: the tensor size, and the size limit."""
+
+    image_size: int
+    max_image_mb: float = DEFAULT_MAX_IMAGE_MB
 
 
 def ingest_dicom(
@@ -112,6 +124,7 @@ def ingest_dicom(
     image_size: int,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_image_mb: float = DEFAULT_MAX_IMAGE_MB,
 ) -> DicomIngest:
     """Reads every file under <landing>/dicom/ (see the module docstring for what becomes what).
 
@@ -125,7 +138,8 @@ def ingest_dicom(
     writer = ShardWriter(Path(shard_dir), SHARD_PREFIX, (1, image_size, image_size))
     decider = _Decider(manifest, admissions, known_subjects, writer)
     done = 0
-    for results in read_files(dicom_dir, paths, image_size, workers or os.cpu_count() or 1):
+    decoding = Decoding(image_size, max_image_mb)
+    for results in read_files(dicom_dir, paths, decoding, workers or os.cpu_count() or 1):
         decider.add(results)
         done += len(results)
         if progress is not None:
@@ -159,7 +173,7 @@ class FileResult:
     reason: str | None = None
 
 
-def read_file(dicom_dir: str, relative: str, image_size: int) -> FileResult:
+def read_file(dicom_dir: str, relative: str, decoding: Decoding) -> FileResult:
     try:
         data = (Path(dicom_dir) / relative).read_bytes()
     except OSError:
@@ -169,7 +183,7 @@ def read_file(dicom_dir: str, relative: str, image_size: int) -> FileResult:
         try:
             ds = parse_dicom(data)
             header = read_header(ds)
-            image = dataset_image(ds, image_size)
+            image = dataset_image(ds, decoding.image_size, decoding.max_image_mb)
         except ImageError as error:
             return FileResult(relative, digest, reason=error.reason)
         except Exception:  # never the text: it may quote attribute values
@@ -177,25 +191,25 @@ def read_file(dicom_dir: str, relative: str, image_size: int) -> FileResult:
     return FileResult(relative, digest, header, image)
 
 
-def read_chunk(dicom_dir: str, relatives: list[str], image_size: int) -> list[FileResult]:
-    return [read_file(dicom_dir, relative, image_size) for relative in relatives]
+def read_chunk(dicom_dir: str, relatives: list[str], decoding: Decoding) -> list[FileResult]:
+    return [read_file(dicom_dir, relative, decoding) for relative in relatives]
 
 
 # --- the pool --------------------------------------------------------------------------------
 
 
 def read_files(
-    dicom_dir: Path, paths: list[str], image_size: int, workers: int
+    dicom_dir: Path, paths: list[str], decoding: Decoding, workers: int
 ) -> Iterator[list[FileResult]]:
     """Results in path order, a chunk at a time; in-process for few files or one worker."""
     size = _chunk_size(len(paths), workers)
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     if workers <= 1 or len(paths) < INLINE_BELOW:
         for chunk in chunks:
-            yield read_chunk(str(dicom_dir), chunk, image_size)
+            yield read_chunk(str(dicom_dir), chunk, decoding)
         return
     workers = min(workers, len(chunks))
-    yield from ordered_map(read_chunk, str(dicom_dir), chunks, image_size, workers)
+    yield from ordered_map(read_chunk, str(dicom_dir), chunks, decoding, workers)
 
 
 def _chunk_size(files: int, workers: int) -> int:
@@ -204,13 +218,13 @@ def _chunk_size(files: int, workers: int) -> int:
 
 
 def ordered_map(
-    function: Callable[[str, list[str], int], list[FileResult]],
+    function: Callable[[str, list[str], Decoding], list[FileResult]],
     dicom_dir: str,
     chunks: Iterable[list[str]],
-    image_size: int,
+    decoding: Decoding,
     workers: int,
 ) -> Iterator[list[FileResult]]:
-    """function(dicom_dir, chunk, image_size) for each chunk in a pool, yielded in chunk order.
+    """function(dicom_dir, chunk, decoding) for each chunk in a pool, yielded in chunk order.
 
     At most 3 chunks per worker are in flight, so memory does not grow with the file count. A
     worker that dies (a decoder crashing on a hostile codestream) breaks the pool: the oldest
@@ -223,7 +237,7 @@ def ordered_map(
     try:
         while True:
             while len(pending) < 3 * workers and (chunk := next(todo, None)) is not None:
-                pending.append((chunk, pool.submit(function, dicom_dir, chunk, image_size)))
+                pending.append((chunk, pool.submit(function, dicom_dir, chunk, decoding)))
             if not pending:
                 return
             chunk, future = pending.popleft()
@@ -231,7 +245,7 @@ def ordered_map(
                 results = future.result()
             except BrokenProcessPool:
                 pool.shutdown(cancel_futures=True)
-                results = [_isolated(function, dicom_dir, path, image_size) for path in chunk]
+                results = [_isolated(function, dicom_dir, path, decoding) for path in chunk]
                 todo = itertools.chain([c for c, _ in pending], todo)
                 pending.clear()
                 pool = _new_pool(workers)
@@ -241,14 +255,14 @@ def ordered_map(
 
 
 def _isolated(
-    function: Callable[[str, list[str], int], list[FileResult]],
+    function: Callable[[str, list[str], Decoding], list[FileResult]],
     dicom_dir: str,
     path: str,
-    image_size: int,
+    decoding: Decoding,
 ) -> FileResult:
     pool = _new_pool(1)
     try:
-        return pool.submit(function, dicom_dir, [path], image_size).result()[0]
+        return pool.submit(function, dicom_dir, [path], decoding).result()[0]
     except BrokenProcessPool:
         _require_working_pool()  # a pool that cannot start at all is no fault of the file
         return FileResult(path, reason=f"{UNDECODABLE_PIXELS}: decoder crashed")

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from clinfuse.assets.ingest.dicom_pixels import ImageError, frame_count
+from clinfuse.assets.ingest.dicom.pixels import ImageError, frame_count
 from clinfuse.assets.ingest.quarantine import NOT_DICOM, TRUNCATED_FILE
 
 UNDEFINED_LENGTH = 0xFFFFFFFF

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clinfuse.assets.ingest.dicom_header import parse_integer
+from clinfuse.assets.ingest.dicom.header import parse_integer
 from clinfuse.assets.ingest.quarantine import (
     BAD_VALUE,
     MISSING_FILE,
