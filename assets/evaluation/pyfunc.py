@@ -3,7 +3,8 @@
 Artifacts carry the state: the fused model (the chosen per-modality learners, the fusion head
 and its calibration, saved by joblib from this project's own classes), the fitted lab featurizer
 and note embedder, and the run's settings. Input: one admission per
-row (serving.INPUT_COLUMNS); output: the probability of the target.
+row (serving.INPUT_COLUMNS); output: one row per input row, `p_fusion` (the probability of the
+target) and `errors` (a sentence per input the row could not use; serve_inputs.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from clinfuse.assets.evaluation.serving import serving_batch
+from clinfuse.assets.evaluation.serving import OUTPUT_COLUMNS, serving_request
 from clinfuse.assets.settings import settings_from_dict
 from clinfuse.models.sources import BatchSource
 
@@ -26,11 +27,17 @@ class ClinfuseModel(mlflow.pyfunc.PythonModel):
         self.model = joblib.load(artifacts["checkpoint"])
         self.lab_state = _json(artifacts["lab_featurizer"])
         self.text_state = _json(artifacts["note_embedder"])
-        self.settings = settings_from_dict(_json(artifacts["settings"]))
+        self.settings = settings_from_dict(_json(artifacts["settings"]), strict=False)
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
-        batch = serving_batch(model_input, self.lab_state, self.text_state, self.settings)
-        return np.asarray(self.model.predict_proba(BatchSource(batch)), dtype=np.float64)
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        rows = pd.DataFrame(model_input)
+        if not len(rows):  # no admissions, no batch: the featurizers want at least one row
+            return pd.DataFrame({c: [] for c in OUTPUT_COLUMNS}).astype({"p_fusion": "float64"})
+        request = serving_request(rows, self.lab_state, self.text_state, self.settings)
+        probabilities = self.model.predict_proba(BatchSource(request.batch))
+        return pd.DataFrame(
+            {"p_fusion": np.asarray(probabilities, dtype=np.float64), "errors": request.errors}
+        )
 
 
 def _json(path: str) -> dict:

@@ -1,18 +1,23 @@
 """One admission per row in, tensors out: the preprocessing the served model shares with the
 pipeline. The registered pyfunc and the round-trip test both go through here.
 
-Input columns (any modality may be missing: null / empty):
+Input columns (any of them may be missing: null / empty / absent; only hadm_id must be a column):
   hadm_id, subject_id, admittime, gender, anchor_age, anchor_year (MIMIC: age at anchor_year)
   labs            JSON list of {"itemid", "charttime", "valuenum"} charted in the admission
   notes           the admission's note text (the pipeline passes its allowed notes: no "DS")
-  image_path      a DICOM file
-  recording_path  an audio file
+  image_b64       a DICOM file's bytes as base64, or
+  image_path      a DICOM file inside CLINFUSE_SERVE_ROOT
+  recording_b64   an audio file's bytes as base64, or
+  recording_path  an audio file inside CLINFUSE_SERVE_ROOT
+Output, one row per input row: p_fusion, and errors (a sentence per input that was refused or
+could not be read; serve_inputs.py reads each row's inputs and says what they are).
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,12 +25,14 @@ import torch
 
 from clinfuse.assets.cohort.availability import latest_in_window
 from clinfuse.assets.cohort.window import allowed_notes, in_window, read_window_labs
+from clinfuse.assets.evaluation.serve_inputs import RowInputs, read_row, serve_root
 from clinfuse.assets.features.labs import LabFeaturizer
 from clinfuse.assets.features.text import NoteEmbedder
-from clinfuse.assets.ingest.audio.reader import load_recording
-from clinfuse.assets.ingest.dicom.reader import load_image
-from clinfuse.models.modalities import MODALITIES
 from clinfuse.assets.settings import Settings
+from clinfuse.models.modalities import MODALITIES
+
+if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
 
 INPUT_COLUMNS = [
     "hadm_id",
@@ -36,59 +43,47 @@ INPUT_COLUMNS = [
     "anchor_year",
     "labs",
     "notes",
+    "image_b64",
     "image_path",
+    "recording_b64",
     "recording_path",
 ]
+OUTPUT_COLUMNS = ["p_fusion", "errors"]
+LAB_COLUMNS = ["hadm_id", "subject_id", "itemid", "charttime", "valuenum"]
 
 
-def _present(value: object) -> bool:
-    return isinstance(value, str) and value != ""
+@dataclass
+class ServingRequest:
+    batch: dict  # the model's batch (serving_batch)
+    errors: list[list[str]]  # per row: a sentence per input it could not use
 
 
-def _frames(rows: pd.DataFrame, window_hours: float):
-    ids = rows["hadm_id"].astype("int64")
-    subjects = rows["subject_id"].fillna(rows["hadm_id"]).astype("int64")
-    cohort = pd.DataFrame(
-        {
-            "hadm_id": ids.to_numpy(),
-            "subject_id": subjects.to_numpy(),
-            "admittime": pd.to_datetime(rows["admittime"]).astype("datetime64[ns]").to_numpy(),
-        }
+def serving_signature() -> ModelSignature:
+    """Every column of any type, only hadm_id required (so that MLflow keeps every row).
+
+    Typed columns would let MLflow refuse the whole batch for one row's null subject_id or
+    textual age; the contract wants that row alone to say so, in its errors.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import AnyType, Array
+
+    inputs = Schema([ColSpec(AnyType(), c, required=c == "hadm_id") for c in INPUT_COLUMNS])
+    outputs = Schema(
+        [ColSpec(DataType.double, "p_fusion"), ColSpec(Array(DataType.string), "errors")]
     )
-    patients = pd.DataFrame(
-        {
-            "subject_id": subjects.to_numpy(),
-            "gender": rows["gender"].astype("string").to_numpy(),
-            "anchor_age": pd.to_numeric(rows["anchor_age"], errors="coerce").to_numpy(),
-            "anchor_year": pd.to_numeric(rows["anchor_year"], errors="coerce").to_numpy(),
-        }
-    ).drop_duplicates("subject_id")
-    labs = [
-        {**lab, "hadm_id": int(h), "subject_id": int(s)}
-        for h, s, raw in zip(ids, subjects, rows["labs"], strict=True)
-        if _present(raw)
-        for lab in json.loads(raw)
-    ]
-    lab_frame = pd.DataFrame(
-        labs, columns=["hadm_id", "subject_id", "itemid", "charttime", "valuenum"]
-    )
-    lab_frame = lab_frame.astype({"hadm_id": "Int64", "subject_id": "Int64", "itemid": "Int64"})
-    lab_frame["charttime"] = pd.to_datetime(lab_frame["charttime"]).astype("datetime64[ns]")
-    lab_frame["valuenum"] = pd.to_numeric(lab_frame["valuenum"], errors="coerce")
-    window_labs = in_window(lab_frame, cohort, "charttime", window_hours)
-    return cohort, patients, window_labs
+    return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def _load_stack(paths: pd.Series, load, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Stacked items (float16-rounded like the shards) and which rows have one."""
-    out = np.zeros((len(paths), *shape), dtype=np.float32)
-    present = np.zeros(len(paths), dtype=bool)
-    for row, path in enumerate(paths):
-        if _present(path):
-            # The pipeline stores float16 shards; round the same way so both agree.
-            out[row] = load(Path(path)).astype(np.float16).astype(np.float32)
-            present[row] = True
-    return out, present
+def serving_request(
+    rows: pd.DataFrame, lab_state: dict, text_state: dict, settings: Settings
+) -> ServingRequest:
+    """Each row's inputs read on its own (what it cannot use is in its errors), then the batch."""
+    root = serve_root()
+    records = rows.reindex(columns=INPUT_COLUMNS).to_dict("records")
+    inputs = [read_row(record, settings, root) for record in records]
+    batch = _batch(inputs, lab_state, text_state, settings)
+    return ServingRequest(batch, [row.errors for row in inputs])
 
 
 def serving_batch(
@@ -96,34 +91,83 @@ def serving_batch(
 ) -> dict:
     """The model's batch for these admissions, preprocessed exactly as in the pipeline: a
     tensor per modality, the mask, and `notes` (each admission's text, or None)."""
-    rows = rows.reindex(columns=INPUT_COLUMNS)
-    cohort, patients, window_labs = _frames(rows, settings.window_hours)
+    return serving_request(rows, lab_state, text_state, settings).batch
+
+
+def _batch(inputs: list[RowInputs], lab_state: dict, text_state: dict, settings: Settings) -> dict:
+    # Row positions, not the request's ids, key the frames: a row is scored on its own even
+    # when two rows share a hadm_id or a subject_id, or a row has none.
+    keys = pd.Series(np.arange(len(inputs), dtype=np.int64))
+    cohort, patients = _admissions(inputs, keys)
+    window_labs = in_window(_labs(inputs), cohort, "charttime", settings.window_hours)
     ehr = LabFeaturizer.from_dict(lab_state).transform(window_labs, cohort, patients)
-    notes = (
-        pd.Series(rows["notes"].to_numpy(), index=cohort["hadm_id"])
-        .where(rows["notes"].map(_present).to_numpy())
-        .dropna()
+    notes = [row.notes for row in inputs]
+    text = NoteEmbedder.from_state(text_state).transform(
+        pd.Series(notes, index=keys, dtype=object).dropna(), keys
     )
-    text = NoteEmbedder.from_state(text_state).transform(notes, cohort["hadm_id"])
     size = settings.image_size
-    image, has_image = _load_stack(
-        rows["image_path"], lambda p: load_image(p, size), (1, size, size)
-    )
+    image, has_image = _stack([row.image for row in inputs], (1, size, size))
     audio_shape = (1, settings.audio.n_mels, settings.audio.frames)
-    audio, has_audio = _load_stack(
-        rows["recording_path"], lambda p: load_recording(p, settings.audio), audio_shape
-    )
-    has_ehr = cohort["hadm_id"].isin(window_labs["hadm_id"].dropna().astype("int64")).to_numpy()
-    has_text = rows["notes"].map(_present).to_numpy(dtype=bool)
-    mask = np.stack([has_ehr, has_text, has_image, has_audio], axis=1)
+    audio, has_audio = _stack([row.recording for row in inputs], audio_shape)
+    has_ehr = keys.isin(window_labs["hadm_id"].dropna().astype("int64")).to_numpy()
+    has_text = np.array([t is not None for t in notes], dtype=bool)
+    mask = np.stack([has_ehr, has_text, has_image, has_audio], axis=1).reshape(-1, len(MODALITIES))
     return {
         "ehr": torch.from_numpy(ehr.to_numpy(dtype=np.float32, copy=True)),
         "text": torch.from_numpy(np.asarray(text, dtype=np.float32)),
         "image": torch.from_numpy(image),
         "audio": torch.from_numpy(audio),
         "mask": torch.from_numpy(mask),
-        "notes": [str(t) if _present(t) else None for t in rows["notes"]],
+        "notes": notes,
     }
+
+
+def _admissions(inputs: list[RowInputs], keys: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
+    admit = [pd.NaT if row.admittime is None else row.admittime for row in inputs]
+    cohort = pd.DataFrame(
+        {
+            "hadm_id": keys.to_numpy(),
+            "subject_id": keys.to_numpy(),
+            "admittime": pd.to_datetime(pd.Series(admit, dtype=object)).astype("datetime64[ns]"),
+        }
+    )
+    patients = pd.DataFrame(
+        {
+            "subject_id": keys.to_numpy(),
+            "gender": pd.array([row.gender for row in inputs], dtype="string"),
+            "anchor_age": [_float(row.anchor_age) for row in inputs],
+            "anchor_year": [_float(row.anchor_year) for row in inputs],
+        }
+    )
+    return cohort, patients
+
+
+def _float(value: float | None) -> float:
+    return np.nan if value is None else value
+
+
+def _labs(inputs: list[RowInputs]) -> pd.DataFrame:
+    labs = [
+        (key, key, itemid, charttime, valuenum)
+        for key, row in enumerate(inputs)
+        for itemid, charttime, valuenum in row.labs or []
+    ]
+    frame = pd.DataFrame(labs, columns=LAB_COLUMNS)
+    frame = frame.astype({"hadm_id": "Int64", "subject_id": "Int64", "itemid": "Int64"})
+    frame["charttime"] = pd.to_datetime(frame["charttime"]).astype("datetime64[ns]")
+    frame["valuenum"] = frame["valuenum"].astype("float64")
+    return frame
+
+
+def _stack(items: list[np.ndarray | None], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked items (float16-rounded like the shards) and which rows have one."""
+    out = np.zeros((len(items), *shape), dtype=np.float32)
+    present = np.array([item is not None for item in items], dtype=bool)
+    for row, item in enumerate(items):
+        if item is not None:
+            # The pipeline stores float16 shards; round the same way so both agree.
+            out[row] = item.astype(np.float16).astype(np.float32)
+    return out, present
 
 
 def serving_frame(
@@ -177,4 +221,13 @@ def _paths_by_admission(index: pd.DataFrame, chosen: pd.DataFrame, landing: Path
     return {int(h): str(landing / p) for h, p in keyed[["hadm_id", "path"]].itertuples(index=False)}
 
 
-__all__ = ["INPUT_COLUMNS", "MODALITIES", "serving_batch", "serving_frame"]
+__all__ = [
+    "INPUT_COLUMNS",
+    "MODALITIES",
+    "OUTPUT_COLUMNS",
+    "ServingRequest",
+    "serving_batch",
+    "serving_frame",
+    "serving_request",
+    "serving_signature",
+]
