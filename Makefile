@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 WORKDIR ?= work/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint validate ui bench clean
+.PHONY: setup demo test lint validate ui bench clean readme
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ validate: setup
 
 test: setup lint validate
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The demo, then its printed results written into README.md's demo block.
+readme: setup
+	rm -rf work/readme
+	$(VENV)/bin/clinfuse demo --workdir work/readme --readme README.md
 
 ui: setup
 	$(VENV)/bin/clinfuse ui --workdir $(WORKDIR)/run

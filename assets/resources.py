@@ -15,6 +15,10 @@ from pydantic import Field, create_model
 
 from clinfuse.assets.settings import Settings, field_types, keys, settings_from_dict, to_dict
 
+# The Dagster pool of the stages that decode every image or recording in a pool of all cores:
+# a limit of 1 (docs/dagster.yaml.example) keeps two such stages from oversubscribing them.
+DECODE_POOL = "decode"
+
 
 class LandingZone(dg.ConfigurableResource):
     """A hospital export laid out as ../shared/landing-zone.md says. Read, never written."""

@@ -59,10 +59,13 @@ class Limits:
 class TrainingSettings(TrainConfig):
     """Every model of a run: the networks' hyper-parameters (TrainConfig's fields) and these.
 
-    `seed` and `modalities` are not keys: the run's seed and the modality being trained set them.
+    Not keys, since no model of a run would read them: `seed` and `modalities` (the run's seed and
+    the modality being trained set them), `pretrain` and `modality_dropout` (a single-modality
+    network has nothing to stage or hide; the early and attention fusion heads always stage and
+    hide with 0.2, `NetworkHead` in models/stacking.py).
     """
 
-    NOT_KEYS: ClassVar[tuple[str, ...]] = ("seed", "modalities")
+    NOT_KEYS: ClassVar[tuple[str, ...]] = ("seed", "modalities", "pretrain", "modality_dropout")
 
     # Folds of the train split for cross-fitting: linear and boosted learners, and networks
     # (a network costs K trainings; docs/benchmarks.md measures what more folds buy).
@@ -121,27 +124,35 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def settings_from_dict(raw: Mapping[str, Any]) -> Settings:
-    return from_dict(Settings, raw)
+def settings_from_dict(raw: Mapping[str, Any], strict: bool = True) -> Settings:
+    """strict=False drops unknown keys instead of refusing them: a served model reads the
+    settings a run of an older version stored, whose keys may since have gone."""
+    return from_dict(Settings, raw, strict=strict)
 
 
-def from_dict(cls: type, raw: Mapping[str, Any] | None, where: str = "") -> Any:
+def from_dict(
+    cls: type, raw: Mapping[str, Any] | None, where: str = "", strict: bool = True
+) -> Any:
     """An instance of the schema class `cls` from plain values; unknown keys are an error."""
     raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where or 'settings'}: expected a mapping, got {raw!r}")
     known = {f.name for f in keys(cls)}
     unknown = sorted(set(raw) - known)
-    if unknown:
+    if unknown and strict:
         raise ValueError(f"unknown settings keys: {[where + k for k in unknown]}")
     types = field_types(cls)
-    values = {name: _coerce(types[name], value, where + name) for name, value in raw.items()}
+    values = {
+        name: _coerce(types[name], value, where + name, strict)
+        for name, value in raw.items()
+        if name in known
+    }
     return cls(**values)
 
 
-def _coerce(kind: Any, value: Any, where: str) -> Any:
+def _coerce(kind: Any, value: Any, where: str, strict: bool = True) -> Any:
     if dataclasses.is_dataclass(kind):
-        return from_dict(kind, value, where + ".")
+        return from_dict(kind, value, where + ".", strict)
     origin = typing.get_origin(kind)
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, list | tuple):

@@ -114,7 +114,8 @@ def _ui(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from clinfuse.orchestration.demo import run_demo
 
-    return run_demo(Path(args.workdir), admissions=args.admissions, seed=args.seed)
+    readme = Path(args.readme) if args.readme else None
+    return run_demo(Path(args.workdir), admissions=args.admissions, seed=args.seed, readme=readme)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="work/demo")
     demo.add_argument("--admissions", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--readme", help="write the printed results into this README's demo block")
     demo.set_defaults(handler=_demo)
     return top
 

@@ -16,7 +16,7 @@ from clinfuse.assets.checks import asset_checks
 from clinfuse.assets.cohort import assets as cohort_assets
 from clinfuse.assets.evaluation import assets as evaluation_assets
 from clinfuse.assets.evaluation import predictions as prediction_assets
-from clinfuse.assets.evaluation import registry_assets
+from clinfuse.assets.evaluation import registry_assets, run_report
 from clinfuse.assets.features import assets as feature_assets
 from clinfuse.assets.ingest import accounting
 from clinfuse.assets.ingest.audio import assets as recordings
@@ -43,6 +43,7 @@ ASSET_MODULES = (
     prediction_assets,
     evaluation_assets,
     registry_assets,
+    run_report,
 )
 
 

@@ -36,7 +36,45 @@ def results_table(report: dict, truth_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_demo(workdir: Path, admissions: int = 1000, seed: int = 0) -> int:
+README_BEGIN = "<!-- demo output: written by `make readme` (clinfuse demo --readme) -->"
+README_END = "<!-- end of demo output -->"
+
+
+def summary_lines(report: dict, table: pd.DataFrame, workdir: Path, seconds: float) -> list[str]:
+    """What the demo prints after the run, line by line (also what the README shows)."""
+    mlflow = report["mlflow"]
+    name, version, aliases = mlflow["model_name"], mlflow["version"], mlflow["aliases"]
+    return [
+        *table.to_string(index=False, float_format=lambda v: f"{v:.3f}").splitlines(),
+        "",
+        f"cohort: {report['cohort']}",
+        f"quarantined inputs: {len(report['quarantine'])}",
+        f"registered: {name} version {version} aliases {aliases}",
+        f"report: {_shown(workdir / 'run' / 'report.json')}  ({seconds:.0f} s)",
+        "browse: `make ui` (Dagster on http://127.0.0.1:3000, MLflow on http://127.0.0.1:5000)",
+    ]
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def replace_readme_block(text: str, lines: list[str]) -> str:
+    """`text` with the fenced block between the demo markers replaced by `lines`."""
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError("the README has no demo markers")
+    block = "\n".join([README_BEGIN, "```", *lines, "```", ""])
+    return text[:begin] + block + text[end:]
+
+
+def run_demo(
+    workdir: Path, admissions: int = 1000, seed: int = 0, readme: Path | None = None
+) -> int:
+    """Generates (once) and runs; with `readme`, writes what it printed into that README."""
     from clinfuse.synthetic import generate, truth_dir
 
     workdir = workdir.resolve()
@@ -54,14 +92,10 @@ def run_demo(workdir: Path, admissions: int = 1000, seed: int = 0) -> int:
         print(f"clinfuse demo failed: {failure}", file=sys.stderr)
         return 1
     table = results_table(report, truth_dir(landing))
+    lines = summary_lines(report, table, workdir, time.perf_counter() - started)
     print()
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    mlflow = report["mlflow"]
-    print()
-    print(f"cohort: {report['cohort']}")
-    print(f"quarantined inputs: {len(report['quarantine'])}")
-    name, version, aliases = mlflow["model_name"], mlflow["version"], mlflow["aliases"]
-    print(f"registered: {name} version {version} aliases {aliases}")
-    print(f"report: {workdir / 'run' / 'report.json'}  ({time.perf_counter() - started:.0f} s)")
-    print("browse: `make ui` (Dagster on http://127.0.0.1:3000, MLflow on http://127.0.0.1:5000)")
+    print("\n".join(lines))
+    if readme is not None:
+        readme.write_text(replace_readme_block(readme.read_text(), lines))
+        print(f"wrote the output above into {readme}")
     return 0

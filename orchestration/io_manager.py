@@ -18,6 +18,8 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from upath import UPath
 
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
@@ -83,15 +85,29 @@ class ParquetIOManager(dg.UPathIOManager):
         return pd.read_parquet(str(path))
 
     def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict[str, Any]:
+        """Row count and column schema of every table (the UI's "Columns" tab), counts of every
+        ingest; read from what was stored, so they are what a reader gets."""
         if isinstance(obj, Ingested):
             return {
                 "seen": obj.seen,
                 "ingested": obj.ingested,
                 "quarantined": obj.quarantined,
+                "dagster/row_count": obj.ingested,
+                **_table_metadata(obj.rows),
             }
         if isinstance(obj, pd.DataFrame):
-            return {"dagster/row_count": len(obj)}
+            return {"dagster/row_count": len(obj), **_table_metadata(obj)}
         return {}
+
+
+def _table_metadata(rows: pd.DataFrame | Path) -> dict[str, Any]:
+    schema = pq.read_schema(rows) if isinstance(rows, Path) else pa.Schema.from_pandas(rows)
+    columns = [
+        dg.TableColumn(name=field.name, type=str(field.type))
+        for field in schema
+        if not field.name.startswith("__index_level_")
+    ]
+    return {"dagster/column_schema": dg.TableSchema(columns=columns)}
 
 
 def _sibling(path: UPath, suffix: str) -> UPath:

@@ -11,7 +11,6 @@ import yaml
 
 from clinfuse.assets.settings import Settings, read_yaml, settings_from_dict, with_overrides
 from clinfuse.orchestration.definitions import build_definitions
-from clinfuse.orchestration.report import write_report
 
 
 class PipelineFailed(RuntimeError):
@@ -87,7 +86,7 @@ def run_pipeline(
         )
     if not result.success:
         raise PipelineFailed(_failure_reason(result))
-    return write_report(workdir)
+    return result.output_for_node("run_report")
 
 
 def promote_model(

@@ -129,6 +129,68 @@ def test_the_first_version_is_registered_and_becomes_champion(pipeline_run):
         assert f"evaluation/{name}" in artifacts
 
 
+def test_the_version_page_shows_the_card_the_datasets_and_an_example(pipeline_run):
+    """What a user sees in MLflow: the model card as the version's description, the cohort
+    splits as the run's datasets (digest, schema, counts; no rows), a made-up input example."""
+    block = pipeline_run["report"]["mlflow"]
+    client = mlflow.MlflowClient(block["tracking_uri"])
+    version = client.get_model_version(block["model_name"], block["version"])
+    assert version.description.startswith(f"# Model card: {block['model_name']} v1")
+    cohort = pd.read_parquet(pipeline_run["workdir"] / "tables" / "cohort.parquet")
+    inputs = client.get_run(block["run_id"]).inputs.dataset_inputs
+    found = {i.dataset.name: i for i in inputs}
+    assert set(found) == {f"pneumonia-{s}" for s in ("train", "validation", "test")}
+    for split, context in (("train", "training"), ("validation", "validation"), ("test", "test")):
+        logged = found[f"pneumonia-{split}"]
+        assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == context
+        assert json.loads(logged.dataset.profile)["num_rows"] == int((cohort.split == split).sum())
+        columns = {c["name"] for c in json.loads(logged.dataset.schema)["mlflow_colspec"]}
+        assert {"hadm_id", "label"} <= columns and "admittime" not in columns
+        assert logged.dataset.digest
+    with MLflowResource(workdir=str(pipeline_run["workdir"])).activated():
+        info = mlflow.models.get_model_info(f"models:/{block['model_name']}/1")
+        example = mlflow.models.Model.load(info.model_uri).load_input_example(
+            mlflow.artifacts.download_artifacts(info.model_uri)
+        )
+    assert len(example) == 1 and not set(example["hadm_id"]) & set(cohort["hadm_id"])
+
+
+def test_each_modality_is_a_nested_run_with_its_learner(pipeline_run):
+    block = pipeline_run["report"]["mlflow"]
+    client = mlflow.MlflowClient(block["tracking_uri"])
+    experiment = client.get_experiment_by_name("clinfuse")
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], "tags.`dagster.asset` = 'modality_models'"
+    )
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    chosen = {k.removeprefix("chosen."): v for k, v in parent.data.params.items() if "chosen." in k}
+    assert {c.data.tags["clinfuse.modality"] for c in children} == set(chosen)
+    for child in children:
+        modality = child.data.tags["clinfuse.modality"]
+        assert child.data.params["chosen"] == chosen[modality]
+        assert "chosen.val_logloss" in child.data.metrics
+        learner = client.list_artifacts(child.info.run_id, "learner")
+        assert [a.path for a in learner] == [f"learner/{modality}.joblib"]
+
+
+def test_table_assets_carry_row_counts_and_column_schemas(pipeline_run):
+    import dagster as dg
+
+    from clinfuse.orchestration.runner import dagster_instance
+
+    workdir = pipeline_run["workdir"]
+    with dagster_instance(workdir) as instance:
+        for asset in ("cohort", "admissions", "labevents", "lab_features", "dicom_index"):
+            event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+            metadata = event.asset_materialization.metadata
+            stored = pd.read_parquet(workdir / "tables" / f"{asset}.parquet")
+            assert metadata["dagster/row_count"].value == len(stored), asset
+            schema = metadata["dagster/column_schema"].value
+            assert [c.name for c in schema.columns] == list(stored.columns), asset
+
+
 def test_every_candidate_learner_and_the_choice_are_in_mlflow(pipeline_run):
     from clinfuse.models.learners import candidates
     from clinfuse.models.training import TrainConfig
@@ -188,3 +250,23 @@ def test_report_json_is_plain_json(pipeline_run):
     text = (pipeline_run["workdir"] / "report.json").read_text()
     assert "NaN" not in text
     json.loads(text)
+
+
+def test_the_readme_block_is_what_the_demo_prints(pipeline_run):
+    """`make readme` writes the demo's printed lines between the README's markers and nothing
+    else: the README's table is a command's output, not a hand-kept copy."""
+    from clinfuse.orchestration.demo import replace_readme_block, results_table, summary_lines
+
+    report = pipeline_run["report"]
+    table = results_table(report, truth_dir(pipeline_run["landing"]))
+    lines = summary_lines(report, table, pipeline_run["workdir"], 12.0)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    written = replace_readme_block(readme, lines)
+    begin, end = written.index("<!-- demo output"), written.index("<!-- end of demo output -->")
+    assert written[:begin] == readme[: readme.index("<!-- demo output")]
+    assert written[end:] == readme[readme.index("<!-- end of demo output -->") :]
+    block = written[begin:end].splitlines()
+    assert block[2:-1] == lines and lines[1].split()[0] == "fusion"
+    assert f"quarantined inputs: {len(report['quarantine'])}" in block
+    with pytest.raises(ValueError, match="no demo markers"):
+        replace_readme_block("no markers here", lines)

@@ -84,8 +84,9 @@ def test_every_key_is_in_the_schema_walk():
     # The contract's keys (../shared/cli-and-report.md) and the ones that drifted before.
     for key in ("target.name", "window_hours", "seed", "limits.max_image_mb", "audio.n_mels"):
         assert key in names
-    assert {"training.epochs", "training.crossfit_folds", "training.pretrain"} <= names
-    assert "training.seed" not in names  # the run's seed is the one seed
+    assert {"training.epochs", "training.crossfit_folds", "training.init_encoders"} <= names
+    # The run's seed is the one seed; keys no model of a run reads are not keys at all.
+    assert not {"training.seed", "training.pretrain", "training.modality_dropout"} & names
 
 
 def test_yaml_round_trip(every_key):
@@ -126,6 +127,15 @@ def test_bad_keys_and_values_are_errors_that_name_the_key(tmp_path, raw, message
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(PipelineFailed, match=message.replace(".", r"\.")):
         read_config(path)
+
+
+def test_a_served_model_reads_settings_an_older_version_stored():
+    """Keys a later version dropped must not stop an older champion from loading."""
+    stored = {"window_hours": 12, "training": {"pretrain": True, "gone": 1}, "retired": "x"}
+    settings = settings_from_dict(stored, strict=False)
+    assert settings.window_hours == 12 and settings.training == Settings().training
+    with pytest.raises(ValueError, match="retired"):
+        settings_from_dict(stored)
 
 
 def test_dagster_resource_round_trip(every_key):

@@ -9,7 +9,7 @@ import pandas as pd
 
 from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import plots
-from clinfuse.assets.evaluation.model_card import model_card
+from clinfuse.assets.evaluation.model_card import VERSION_PLACEHOLDER, model_card
 from clinfuse.assets.mlflow_resource import MLflowResource
 from clinfuse.assets.resources import PipelineSettings, WorkDir
 from clinfuse.models.calibration import calibration_line
@@ -112,7 +112,7 @@ def evaluation(
     folder = workdir.folder("evaluation", context.run.run_id)
     card = model_card(
         model_name=f"clinfuse-{settings.value.target.name}",
-        version="(registered next)",
+        version=VERSION_PLACEHOLDER,
         target=settings.value.target.name,
         cohort_summary={
             "admissions": len(cohort),
@@ -144,6 +144,7 @@ def evaluation(
         "ablation": removed,
         "test_admissions": len(test),
         "mlflow_run_id": fusion_model["mlflow_run_id"],
+        "model_card": card,
     }
     (folder / "evaluation.json").write_text(json.dumps(result, indent=1, default=str))
     run_id = fusion_model["mlflow_run_id"]

@@ -14,6 +14,9 @@ from typing import Any
 
 import pandas as pd
 
+# The card is written before the registry numbers the version; registration fills it in.
+VERSION_PLACEHOLDER = "(registered next)"
+
 CARD_METRICS = (
     "auroc",
     "auprc",

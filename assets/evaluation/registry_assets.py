@@ -10,6 +10,7 @@ import pandas as pd
 
 from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import registry
+from clinfuse.assets.evaluation.model_card import VERSION_PLACEHOLDER
 from clinfuse.assets.evaluation.serve_inputs import reading_from
 from clinfuse.assets.evaluation.serving import serving_frame, serving_signature
 from clinfuse.assets.ingest.deliveries import scan_landing
@@ -19,7 +20,6 @@ from clinfuse.assets.settings import to_dict
 
 GROUP = "registry"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
-SERVING_INS = ("cohort", "labevents", "notes", "dicom_index", "recording_index")
 
 
 class PromotionConfig(dg.Config):
@@ -40,30 +40,27 @@ def landing_fingerprint(root: Path) -> str:
     return hashlib.sha256(json.dumps(sorted(scan_landing(root).items())).encode()).hexdigest()
 
 
-def _serving_rows(landing: LandingZone, settings: PipelineSettings, tables: dict, splits):
-    cohort = tables["cohort"]
-    chosen = cohort[cohort["split"].isin(splits)].reset_index(drop=True)
-    frame = serving_frame(
-        chosen,
-        tables["labevents"],
-        tables["notes"],
-        tables["dicom_index"],
-        tables["recording_index"],
-        landing.root,
-        settings.value.window_hours,
-    )
-    return chosen, frame
+def input_example() -> pd.DataFrame:
+    """One made-up admission, shaped as a request (../shared/cli-and-report.md): MLflow shows
+    it on the model's page and serves it as the example; no patient's data is in it."""
+    labs = [{"itemid": 50912, "charttime": "2180-01-01 09:30:00", "valuenum": 1.1}]
+    row = {
+        "hadm_id": 1,
+        "subject_id": 1,
+        "admittime": "2180-01-01 08:00:00",
+        "gender": "F",
+        "anchor_age": 60,
+        "anchor_year": 2180,
+        "labs": json.dumps(labs),
+        "notes": "Cough for two days. No fever.",
+    }
+    return pd.DataFrame([row])
 
 
 @dg.asset(
     group_name=GROUP,
     kinds={"mlflow"},
     owners=["team:clinical-ml"],
-    ins={
-        **{name: dg.AssetIn() for name in ("fusion_model", "lab_featurizer", "note_embedder")},
-        **{name: dg.AssetIn() for name in ("evaluation",)},
-        **{name: dg.AssetIn() for name in SERVING_INS},
-    },
 )
 def registered_model(
     context: dg.AssetExecutionContext,
@@ -71,17 +68,21 @@ def registered_model(
     landing: LandingZone,
     workdir: WorkDir,
     mlflow: MLflowResource,
-    **tables,
+    fusion_model: dict,
+    lab_featurizer: dict,
+    note_embedder: dict,
+    evaluation: dict,
 ) -> dict:
-    """The fusion model as an MLflow pyfunc, registered as a new version with alias challenger."""
+    """The fusion model as an MLflow pyfunc, registered as a new version with alias challenger;
+    the model card is the version's description."""
     import mlflow as mlflow_api
 
-    fusion = tables["fusion_model"]
+    fusion = fusion_model
     run_id = fusion["mlflow_run_id"]
     folder = workdir.folder("models", context.run.run_id)
     artifacts = {"checkpoint": fusion["checkpoint"]}
-    for name in ("lab_featurizer", "note_embedder"):
-        (folder / f"{name}.json").write_text(json.dumps(tables[name]))
+    for name, state in (("lab_featurizer", lab_featurizer), ("note_embedder", note_embedder)):
+        (folder / f"{name}.json").write_text(json.dumps(state))
         artifacts[name] = str(folder / f"{name}.json")
     (folder / "settings.json").write_text(json.dumps(to_dict(settings.value)))
     artifacts["settings"] = str(folder / "settings.json")
@@ -92,6 +93,7 @@ def registered_model(
             python_model=str(PYFUNC_CODE),
             artifacts=artifacts,
             signature=serving_signature(),
+            input_example=input_example(),
         )
     name = model_name(settings)
     tags = {
@@ -99,11 +101,13 @@ def registered_model(
         "dagster.asset": "registered_model",
         "landing.path": str(landing.root),
         "landing.fingerprint": landing_fingerprint(landing.root),
-        "test_auroc": str(tables["evaluation"]["metrics"]["fusion"].get("auroc")),
+        "test_auroc": str(evaluation["metrics"]["fusion"].get("auroc")),
         "strategy": fusion["strategy"],
     }
     with mlflow.activated():  # resolving models:/m-<id> goes through the fluent API
         version = registry.register_version(client, name, run_id, info.model_uri, tags)
+    card = evaluation["model_card"].replace(VERSION_PLACEHOLDER, str(version.version))
+    client.update_model_version(name, version.version, description=card)
     result = {
         "tracking_uri": mlflow.uri,
         "model_name": name,
@@ -142,11 +146,6 @@ def champion_metrics_now(model_uri: str, chosen: pd.DataFrame, frame: pd.DataFra
     group_name=GROUP,
     kinds={"mlflow"},
     owners=["team:clinical-ml"],
-    ins={
-        "registered_model": dg.AssetIn(),
-        "evaluation": dg.AssetIn(),
-        **{name: dg.AssetIn() for name in SERVING_INS},
-    },
 )
 def champion(
     context: dg.AssetExecutionContext,
@@ -154,16 +153,31 @@ def champion(
     settings: PipelineSettings,
     landing: LandingZone,
     mlflow: MLflowResource,
-    **tables,
+    registered_model: dict,
+    evaluation: dict,
+    cohort: pd.DataFrame,
+    labevents: Path,
+    notes: pd.DataFrame,
+    dicom_index: pd.DataFrame,
+    recording_index: pd.DataFrame,
 ) -> dict:
     """Challenger vs champion on the same test admissions; `champion` moves only if earned."""
     client = mlflow.client()
-    registered = tables["registered_model"]
+    registered = registered_model
     name, version = registered["model_name"], registered["version"]
     current = registry.champion_version(client, name)
     champion_numbers = None
     if current is not None and str(current.version) != version:
-        chosen, frame = _serving_rows(landing, settings, tables, ("validation", "test"))
+        chosen = cohort[cohort["split"].isin(("validation", "test"))].reset_index(drop=True)
+        frame = serving_frame(
+            chosen,
+            labevents,  # a path: the window's rows are streamed, never the whole table
+            notes,
+            dicom_index,
+            recording_index,
+            landing.root,
+            settings.value.window_hours,
+        )
         # serving_frame's paths are in the landing zone: the model may read them, as it would
         # behind a server whose CLINFUSE_SERVE_ROOT is this landing zone.
         with mlflow.activated(), reading_from(landing.root):
@@ -172,7 +186,7 @@ def champion(
         client,
         name,
         version,
-        tables["evaluation"]["metrics"]["fusion"],
+        evaluation["metrics"]["fusion"],
         champion_numbers,
         force=config.force,
         force_note=config.note,

@@ -1,36 +1,67 @@
-"""report.json, exactly as ../shared/cli-and-report.md lays it out, from the stored assets."""
+"""report.json, exactly as ../shared/cli-and-report.md lays it out, from the run's asset values.
+
+Plain code: `build_report` takes the values the `run_report` asset is given (accounting,
+quarantine, cohort, predictions, evaluation, the registry's answer) and never reads storage.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from clinfuse.assets.ingest.counting import EHR_TABLES
 from clinfuse.models.modalities import MODALITIES
 
 METRIC_KEYS = ("auroc", "auprc", "accuracy", "recall", "f1", "brier", "ece")
 PREDICTION_COLUMNS = ["hadm_id", "subject_id", "label", "p_fusion", *[f"p_{m}" for m in MODALITIES]]
-INGEST_ASSETS = {"note": "notes", "dicom": "dicom_index", "audio": "recording_index"}
+REGISTRY_KEYS = {"tracking_uri": "", "model_name": "", "version": "", "aliases": [], "run_id": ""}
+COUNT_KEYS = ("seen", "ingested", "quarantined")
 
 
-def _counts(tables: Path, asset: str) -> dict[str, int]:
-    path = tables / f"{asset}.counts.json"
-    if not path.exists():
-        return {"seen": 0, "ingested": 0, "quarantined": 0}
-    raw = json.loads(path.read_text())
-    return {k: int(raw[k]) for k in ("seen", "ingested", "quarantined")}
+def build_report(
+    input_accounting: pd.DataFrame,
+    quarantine: pd.DataFrame,
+    cohort: pd.DataFrame,
+    evaluation: dict,
+    champion: dict,
+    splits_path: str,
+    predictions_path: str,
+) -> dict[str, Any]:
+    split_counts = cohort["split"].value_counts()
+    return {
+        "inputs": _inputs(input_accounting, quarantine),
+        "quarantine": quarantine[["modality", "source", "reason"]].to_dict(orient="records"),
+        "cohort": {
+            "admissions": len(cohort),
+            "positives": int(cohort["label"].sum()),
+            **{s: int(split_counts.get(s, 0)) for s in ("train", "validation", "test")},
+        },
+        "splits_path": splits_path,
+        "predictions_path": predictions_path,
+        "metrics": _metrics(evaluation),
+        "mlflow": {k: champion.get(k, v) for k, v in REGISTRY_KEYS.items()},
+    }
 
 
-def _inputs(tables: Path, quarantine: pd.DataFrame) -> dict[str, Any]:
-    inputs: dict[str, Any] = {m: _counts(tables, a) for m, a in INGEST_ASSETS.items()}
+def reported_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The rows of predictions.parquet: the test split, the contract's columns."""
+    return predictions[predictions["split"] == "test"][PREDICTION_COLUMNS]
+
+
+def _inputs(accounting: pd.DataFrame, quarantine: pd.DataFrame) -> dict[str, Any]:
+    by_source = {
+        row["source"]: {k: int(row[k]) for k in COUNT_KEYS} for row in accounting.to_dict("records")
+    }
+    empty = dict.fromkeys(COUNT_KEYS, 0)
+    inputs: dict[str, Any] = {m: dict(by_source.get(m, empty)) for m in ("dicom", "audio")}
     for modality in ("dicom", "audio"):
         inputs[modality]["decoded"] = _decoded(inputs[modality], quarantine, modality)
-    inputs["ehr"] = {name: _counts(tables, name) for name in EHR_TABLES}
-    return {k: inputs[k] for k in ("dicom", "audio", "ehr", "note")}
+    inputs["ehr"] = {
+        s.removeprefix("ehr/"): counts for s, counts in by_source.items() if s.startswith("ehr/")
+    }
+    inputs["note"] = dict(by_source.get("note", empty))
+    return inputs
 
 
 def _decoded(counts: dict[str, int], quarantine: pd.DataFrame, modality: str) -> int:
@@ -49,55 +80,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _metrics(tables: Path) -> dict[str, dict[str, float]]:
-    path = tables / "evaluation.json"
-    if not path.exists():
-        return {"fusion": {}, **{m: {} for m in MODALITIES}}
-    evaluation = json.loads(path.read_text())
+def _metrics(evaluation: dict) -> dict[str, dict[str, float]]:
+    found = evaluation.get("metrics", {})
     return {
-        model: {k: _clean(evaluation["metrics"].get(model, {}).get(k)) for k in METRIC_KEYS}
-        if evaluation["metrics"].get(model)
-        else {}
+        model: {k: _clean(found[model].get(k)) for k in METRIC_KEYS} if found.get(model) else {}
         for model in ("fusion", *MODALITIES)
     }
-
-
-def _mlflow(tables: Path) -> dict[str, Any]:
-    # `champion` holds the aliases after the promotion gate; `registered_model` those before.
-    path = tables / "champion.json"
-    if not path.exists():
-        path = tables / "registered_model.json"
-    empty = {"tracking_uri": "", "model_name": "", "version": "", "aliases": [], "run_id": ""}
-    if not path.exists():
-        return empty
-    raw = json.loads(path.read_text())
-    return {k: raw.get(k, v) for k, v in empty.items()}
-
-
-def write_report(workdir: Path) -> dict[str, Any]:
-    """Writes splits.parquet, predictions.parquet and report.json under workdir."""
-    tables = workdir / "tables"
-    cohort = pd.read_parquet(tables / "cohort.parquet")
-    splits_path = workdir / "splits.parquet"
-    cohort[["hadm_id", "subject_id", "split", "label"]].to_parquet(splits_path, index=False)
-    predictions = pd.read_parquet(tables / "predictions.parquet")
-    test = predictions[predictions["split"] == "test"][PREDICTION_COLUMNS]
-    predictions_path = workdir / "predictions.parquet"
-    test.to_parquet(predictions_path, index=False)
-    quarantine = pd.read_parquet(tables / "quarantine.parquet")
-    split_counts = cohort["split"].value_counts()
-    report = {
-        "inputs": _inputs(tables, quarantine),
-        "quarantine": quarantine[["modality", "source", "reason"]].to_dict(orient="records"),
-        "cohort": {
-            "admissions": len(cohort),
-            "positives": int(cohort["label"].sum()),
-            **{s: int(split_counts.get(s, 0)) for s in ("train", "validation", "test")},
-        },
-        "splits_path": str(splits_path),
-        "predictions_path": str(predictions_path),
-        "metrics": _metrics(tables),
-        "mlflow": _mlflow(tables),
-    }
-    (workdir / "report.json").write_text(json.dumps(report, indent=2))
-    return report

@@ -22,15 +22,37 @@ SOURCES = (
 
 
 def _ins(part: str) -> dict[str, dg.AssetIn]:
+    """Each ingest asset's `part` (its rejects or its counts, orchestration/io_manager.py) as an
+    input named `<asset>_<part>`."""
     return {
         f"{asset}_{part}": dg.AssetIn(key=asset, metadata={"part": part}) for _, _, asset in SOURCES
     }
 
 
 @dg.asset(group_name=GROUP, ins=_ins("rejects"), kinds={"pandas"}, owners=["team:clinical-ml"])
-def quarantine(context: dg.AssetExecutionContext, **rejects: pd.DataFrame) -> pd.DataFrame:
+def quarantine(
+    context: dg.AssetExecutionContext,
+    patients_rejects: pd.DataFrame,
+    admissions_rejects: pd.DataFrame,
+    labevents_rejects: pd.DataFrame,
+    d_labitems_rejects: pd.DataFrame,
+    diagnoses_icd_rejects: pd.DataFrame,
+    notes_rejects: pd.DataFrame,
+    dicom_index_rejects: pd.DataFrame,
+    recording_index_rejects: pd.DataFrame,
+) -> pd.DataFrame:
     """Every rejected file or row of the landing zone: modality, source, reason in plain words."""
-    frames = [frame for frame in rejects.values() if len(frame)]
+    rejects = (
+        patients_rejects,
+        admissions_rejects,
+        labevents_rejects,
+        d_labitems_rejects,
+        diagnoses_icd_rejects,
+        notes_rejects,
+        dicom_index_rejects,
+        recording_index_rejects,
+    )
+    frames = [frame for frame in rejects if len(frame)]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     table = table[COLUMNS].astype("string")
     by_reason = table.groupby(["modality", "reason"]).size().rename("rows").reset_index()
@@ -47,13 +69,32 @@ def quarantine(context: dg.AssetExecutionContext, **rejects: pd.DataFrame) -> pd
 
 @dg.asset(group_name=GROUP, ins=_ins("counts"), kinds={"pandas"}, owners=["team:clinical-ml"])
 def input_accounting(
-    context: dg.AssetExecutionContext, landing: LandingZone, **counts: dict
+    context: dg.AssetExecutionContext,
+    landing: LandingZone,
+    patients_counts: dict,
+    admissions_counts: dict,
+    labevents_counts: dict,
+    d_labitems_counts: dict,
+    diagnoses_icd_counts: dict,
+    notes_counts: dict,
+    dicom_index_counts: dict,
+    recording_index_counts: dict,
 ) -> pd.DataFrame:
     """Per table and modality: seen (counted from the files), ingested, quarantined, balanced."""
+    counts = {
+        "patients": patients_counts,
+        "admissions": admissions_counts,
+        "labevents": labevents_counts,
+        "d_labitems": d_labitems_counts,
+        "diagnoses_icd": diagnoses_icd_counts,
+        "notes": notes_counts,
+        "dicom_index": dicom_index_counts,
+        "recording_index": recording_index_counts,
+    }
     on_disk = landing_counts(landing.root)
     rows = []
     for key, modality, asset in SOURCES:
-        reported = counts[f"{asset}_counts"]
+        reported = counts[asset]
         rows.append(
             {
                 "source": key,

@@ -19,6 +19,7 @@ from clinfuse.assets.mlflow_resource import MLflowResource
 from clinfuse.assets.resources import PipelineSettings, WorkDir
 from clinfuse.assets.settings import Settings, TrainingSettings, to_dict
 from clinfuse.assets.training.inputs import CohortTables, cohort_source, flat_params, split_indices
+from clinfuse.assets.training.lineage import log_cohort_datasets
 from clinfuse.models.learners import ModalityChoice, candidates, fit_modality
 from clinfuse.models.modalities import MODALITIES
 from clinfuse.models.sources import CohortSource
@@ -94,6 +95,27 @@ def _log_candidate(name: str, scores: dict) -> None:
     mlflow_api.log_metrics({f"{name}.{k}": float(v) for k, v in scores.items() if np.isfinite(v)})
 
 
+def _log_modality_runs(choices: dict[str, ModalityChoice], folder: Path) -> None:
+    """One nested MLflow run per modality under the active one: its candidates' validation
+    scores, the choice, and the chosen learner itself (so a single-modality model can be
+    loaded and compared from MLflow alone)."""
+    import mlflow as mlflow_api
+
+    experiment_id = mlflow_api.active_run().info.experiment_id
+    for modality, choice in choices.items():
+        tags = {"clinfuse.modality": modality}
+        with mlflow_api.start_run(
+            run_name=f"modality-{modality}", experiment_id=experiment_id, nested=True, tags=tags
+        ):
+            mlflow_api.log_params({"chosen": choice.chosen, "candidates": ", ".join(choice.scores)})
+            for name, scores in choice.scores.items():
+                _log_candidate(name, scores)
+            best = choice.scores[choice.chosen]
+            _log_candidate("chosen", best)
+            path = _save(choice, folder / f"{modality}.joblib")
+            mlflow_api.log_artifact(str(path), artifact_path="learner")
+
+
 def _save(value: object, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     joblib.dump(value, path)
@@ -143,8 +165,10 @@ def modality_models(
             context, config, source, cohort, run_settings.seed, _log_candidate
         )
         mlflow_api.log_params({f"chosen.{m}": c.chosen for m, c in choices.items()})
+        folder = workdir.folder("models", context.run.run_id)
+        _log_modality_runs(choices, folder / "modalities")
         run_id = run.info.run_id
-    path = _save(choices, workdir.folder("models", context.run.run_id) / "modalities.joblib")
+    path = _save(choices, folder / "modalities.joblib")
     summary = {m: {"chosen": c.chosen, "candidates": c.scores} for m, c in choices.items()}
     context.add_output_metadata(
         {
@@ -224,6 +248,8 @@ def fusion_model(
         )
         params = _fusion_params(run_settings, model, len(train), len(validation))
         mlflow_api.log_params(params)
+        cohort_table = workdir.root / "tables" / "cohort.parquet"
+        log_cohort_datasets(cohort, cohort_table, run_settings.target.name)
         path = _save(model, workdir.folder("models", context.run.run_id) / "fusion.joblib")
         mlflow_api.log_metrics({f"weight.{m}": w for m, w in model.head.fusion.weights.items()})
         run_id = run.info.run_id

@@ -6,7 +6,7 @@ import pandas as pd
 from clinfuse.assets.ingest.audio import reader as audio_reader
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
 from clinfuse.assets.ingest.progress import log_progress
-from clinfuse.assets.resources import LandingZone, PipelineSettings, WorkDir
+from clinfuse.assets.resources import DECODE_POOL, LandingZone, PipelineSettings, WorkDir
 
 GROUP = "ingest"
 
@@ -28,6 +28,9 @@ GROUP = "ingest"
         ),
     },
     group_name=GROUP,
+    # Each decodes in a pool of every core: the "decode" pool (limit 1, docs/dagster.yaml.example)
+    # keeps the two from running at once under a multiprocess executor.
+    pool=DECODE_POOL,
     deps=["landing_audio"],
 )
 def recordings(
