@@ -53,6 +53,16 @@ class Limits:
     """What one untrusted input may cost before it is quarantined instead of decoded."""
 
     max_image_mb: float = 512.0  # declared decoded pixel data of one DICOM
+    max_request_mb: float = 64.0  # one request to the served model (base64 files included)
+
+
+@dataclass(frozen=True)
+class NoteSettings:
+    """What of the notes' text may persist (docs/privacy.md)."""
+
+    # A term enters the TF-IDF vocabulary only if notes of at least this many distinct train
+    # patients hold it: a name or number in one patient's notes never does.
+    min_term_patients: int = 10
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,7 @@ class Settings:
     # clinfuse[text]`) or "auto". TF-IDF is the default: the sentence encoder embeds ~3 notes/s
     # on a 2-core CPU, too slow for the demo and CI (docs/features.md).
     text_backend: str = "tfidf"
+    notes: NoteSettings = field(default_factory=NoteSettings)
     limits: Limits = field(default_factory=Limits)
     training: TrainingSettings = field(default_factory=TrainingSettings)
 
