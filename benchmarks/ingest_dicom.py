@@ -266,14 +266,15 @@ def _plain_landing(out: Path, files: int, pixels: int, seed: int) -> Path:
 
 
 def _quarter(landing: Path, out: Path) -> Path:
-    """A landing zone of symlinks to the first quarter of `landing`'s DICOM files."""
+    """A landing zone of hard links to the first quarter of `landing`'s DICOM files (a symbolic
+    link out of the zone would be quarantined "outside landing zone", never read)."""
     from clinfuse.assets.ingest.dicom.reader import discover
 
     paths = discover(landing / "dicom")
     for relative in paths[: max(1, len(paths) // 4)]:
         target = out / "dicom" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(landing / "dicom" / relative)
+        os.link(landing / "dicom" / relative, target)
     if (landing / "ehr").is_dir():
         (out / "ehr").symlink_to(landing / "ehr")
     return out
