@@ -5,7 +5,7 @@ import pandas as pd
 
 from clinfuse.assets.ingest.audio import reader as audio_reader
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
-from clinfuse.assets.ingest.progress import log_progress
+from clinfuse.assets.ingest.progress import log_progress, manifest_metadata
 from clinfuse.assets.resources import DECODE_POOL, LandingZone, PipelineSettings, WorkDir
 
 GROUP = "ingest"
@@ -58,7 +58,11 @@ def recordings(
     else:
         empty = Ingested.empty(["path", "subject_id", "hadm_id", "recorded_at"])
         index, rejects, seen, shards = empty.rows, empty.rejects, 0, []
-    yield dg.Output(Ingested(rows=index, rejects=rejects, seen=seen), "recording_index")
+    yield dg.Output(
+        Ingested(rows=index, rejects=rejects, seen=seen),
+        "recording_index",
+        metadata=manifest_metadata(context, landing, "audio"),
+    )
     yield dg.Output(
         ShardSet(
             directory=shard_dir,

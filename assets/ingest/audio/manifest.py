@@ -2,19 +2,35 @@
 
 Kept apart from audio_reader so that the row rules (what is "missing", what is "bad") can be read
 in one place. Only the row's own fields are judged here; the file and the link are judged by
-audio_reader.ingest_audio.
+audio_reader.ingest_audio, which asks `file_problem` before a file is opened.
+
+Confinement (landing-zone.md, paths.py): a path that leaves audio/ (`../../x.wav`, `/x.wav`) and
+a path that resolves, through a link, outside the landing zone are "outside landing zone" and
+never opened. The manifest itself is decoded in its detected encoding (encodings.py); a manifest
+that is a link out of the zone is never opened and reads as one row with that problem.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path, PurePosixPath
+import posixpath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clinfuse.assets.ingest.quarantine import BAD_VALUE, MISSING_VALUE
+from clinfuse.assets.ingest.encodings import detect_encoding, open_text
+from clinfuse.assets.ingest.paths import Zone
+from clinfuse.assets.ingest.quarantine import (
+    BAD_VALUE,
+    MISSING_FILE,
+    MISSING_VALUE,
+    OUTSIDE_LANDING_ZONE,
+)
+
+# The one row an unopened manifest reads as (counting.py counts such a manifest as 1).
+_OUTSIDE_MANIFEST = f"{OUTSIDE_LANDING_ZONE}: the manifest itself links out of the zone"
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
@@ -25,8 +41,28 @@ def read_manifest(path: Path) -> pd.DataFrame:
     column makes every row "missing <column>". Columns: manifest_row, path (normalised, relative
     to audio/), subject_id, hadm_id (Int64), recorded_at (datetime64[ns]), site, problem.
     """
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+    real = Zone.of(Path(path).parent.parent).real(path)
+    if real is None:
+        return _outside_manifest()
+    with open_text(real, detect_encoding(real, compressed=False), compressed=False) as handle:
         return read_manifest_records(list(csv.reader(handle)))
+
+
+def _outside_manifest() -> pd.DataFrame:
+    table = read_manifest_records([["path"], [""]])
+    table["problem"] = pd.array([_OUTSIDE_MANIFEST], dtype="string")
+    return table
+
+
+def file_problem(audio_root: Path, relative: str) -> str | None:
+    """Why the file a row names cannot be read, checked without opening it; None when it can.
+
+    Outside first: a link out of the zone is never looked at beyond resolving it.
+    """
+    path = Path(audio_root) / relative
+    if not Zone.of(Path(audio_root).parent).contains(path):
+        return OUTSIDE_LANDING_ZONE
+    return None if path.is_file() else MISSING_FILE
 
 
 def read_manifest_records(records: list[list[str]]) -> pd.DataFrame:
@@ -72,10 +108,10 @@ def _normalise(text: str) -> str | None:
     """`a/./b.wav` -> `a/b.wav`; "" for an empty cell; None for a path that leaves audio/."""
     if not text:
         return ""
-    parts = PurePosixPath(text.replace("\\", "/"))
-    if parts.is_absolute() or ".." in parts.parts:
+    normal = posixpath.normpath(text.replace("\\", "/"))
+    if normal.startswith(("/", "../")) or normal in ("..", "."):
         return None
-    return parts.as_posix()
+    return normal
 
 
 def _parse_id(text: str) -> int | str:
@@ -137,7 +173,7 @@ def _first_problem(
     if path == "":
         return f"{MISSING_VALUE} path"
     if path is None:
-        return f"{BAD_VALUE} path"
+        return OUTSIDE_LANDING_ZONE
     if subject == _EMPTY:
         return f"{MISSING_VALUE} subject_id"
     if subject == _BAD:

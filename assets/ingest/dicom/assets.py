@@ -5,7 +5,7 @@ import pandas as pd
 
 from clinfuse.assets.ingest.dicom import reader as dicom_reader
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
-from clinfuse.assets.ingest.progress import log_progress
+from clinfuse.assets.ingest.progress import log_progress, manifest_metadata
 from clinfuse.assets.resources import DECODE_POOL, LandingZone, PipelineSettings, WorkDir
 
 GROUP = "ingest"
@@ -65,6 +65,7 @@ def dicom_studies(
     yield dg.Output(
         Ingested(rows=index, rejects=rejects, seen=seen, extra_rejects=manifest_rows),
         "dicom_index",
+        metadata=manifest_metadata(context, landing, "dicom"),
     )
     yield dg.Output(
         ShardSet(directory=shard_dir, shards=tuple(shards), item_shape=(1, size, size)),

@@ -4,6 +4,10 @@ landing-zone.md: `path` (relative to dicom/), `subject_id` [, `hadm_id`, `study_
 A row that cannot be used is quarantined with source `dicom/manifest.csv:N` (1-based data row)
 and the file it names, if any, is read as if the manifest did not mention it (its tags decide).
 Manifest rows are not files, so these rejects do not count in the DICOM `seen`.
+
+A row whose path leaves dicom/ (`../x.dcm`, `/etc/x`) is "outside landing zone", and so is the
+manifest itself when it is a link resolving outside the zone (never opened; source
+`dicom/manifest.csv`). The manifest is decoded in its detected encoding (encodings.py).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from pathlib import Path
 import pandas as pd
 
 from clinfuse.assets.ingest.dicom.header import parse_integer
+from clinfuse.assets.ingest.encodings import detect_encoding
+from clinfuse.assets.ingest.paths import Zone
 from clinfuse.assets.ingest.quarantine import (
     BAD_VALUE,
     MISSING_FILE,
     MISSING_VALUE,
+    OUTSIDE_LANDING_ZONE,
     Reject,
     row_source,
 )
@@ -48,13 +55,9 @@ def read_manifest(
     `files` are the paths (relative to dicom/, posix) that exist: a row naming anything else is
     "missing file". A path named twice keeps its first row.
     """
-    path = Path(dicom_dir) / MANIFEST
-    if not path.is_file():
-        return {}, []
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except Exception:  # empty, binary, unbalanced quotes
-        return {}, [Reject("dicom", SOURCE, f"{BAD_VALUE} manifest")]
+    table, problem = _load(Path(dicom_dir))
+    if table is None:
+        return {}, [problem] if problem is not None else []
     table.columns = [str(c).strip().lower() for c in table.columns]
     absent = [c for c in REQUIRED if c not in table.columns]
     if absent:
@@ -72,6 +75,23 @@ def read_manifest(
     return entries, rejects
 
 
+def _load(dicom_dir: Path) -> tuple[pd.DataFrame | None, Reject | None]:
+    """The manifest's cells as text; (None, why) when there is no table to use."""
+    path = dicom_dir / MANIFEST
+    if not path.is_file():
+        return None, None
+    real = Zone.of(dicom_dir.parent).real(path)
+    if real is None:
+        return None, Reject("dicom", SOURCE, OUTSIDE_LANDING_ZONE)
+    try:
+        encoding = detect_encoding(real, compressed=False)
+        return pd.read_csv(real, dtype=str, keep_default_na=False, encoding=encoding), None
+    except pd.errors.EmptyDataError:  # 0 bytes: no row, so nothing to override
+        return None, None
+    except Exception:  # binary, unbalanced quotes
+        return None, Reject("dicom", SOURCE, f"{BAD_VALUE} manifest")
+
+
 def _entry(row: dict[str, str], files: set[str]) -> tuple[str, ManifestEntry]:
     relative = _relative_path(row.get("path", ""))
     if relative not in files:
@@ -87,7 +107,9 @@ def _relative_path(text: str) -> str:
     if not text:
         raise _RowError(f"{MISSING_VALUE} path")
     normal = posixpath.normpath(text)
-    if normal.startswith(("/", "../")) or normal in ("..", "."):
+    if normal.startswith(("/", "../")) or normal == "..":
+        raise _RowError(OUTSIDE_LANDING_ZONE)  # resolved against dicom/, it leaves dicom/
+    if normal == ".":
         raise _RowError(f"{BAD_VALUE} path")
     return normal
 

@@ -3,11 +3,15 @@
 Row numbers are 1-based data-record numbers, header not counted: a quoted note text that spans
 ten physical lines is still one record, and a blank line is a record (an empty one), exactly as
 Python's csv module counts them (counting.py, the independent accounting check).
+
+Every file is inspected before a row is read (`inspect_table`): a link resolving outside the
+landing zone is never opened (paths.py), and the encoding is detected once for the whole file
+(encodings.py: UTF-8 with or without a byte-order mark, else cp1252, else latin-1), so every
+chunk and the counter decode it alike. A file with no header at all (0 bytes) reads as 0 rows.
 """
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from clinfuse.assets.ingest.encodings import detect_encoding, is_compressed
+from clinfuse.assets.ingest.paths import Zone, is_file_like
 
 SUFFIXES = (".csv", ".csv.gz")
 # What a row with too many fields is replaced by (python engine), so it keeps its place and its
@@ -36,13 +43,17 @@ class AmbiguousTableError(ValueError):
 
 
 class UnreadableTableError(ValueError):
-    """The file itself cannot be read to its end (truncated gzip, not UTF-8, unclosed quote)."""
+    """The file itself cannot be read to its end (truncated gzip, unclosed quote)."""
+
+
+# What reading a file's bytes raises when the file itself is bad (gzip.BadGzipFile is an OSError).
+_READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 
 def find_table(landing: Path, name: str, folder: str = "ehr") -> Path | None:
     """ehr/<name>.csv or ehr/<name>.csv.gz; None when neither exists."""
     found = [landing / folder / f"{name}{s}" for s in SUFFIXES]
-    found = [p for p in found if p.is_file()]
+    found = [p for p in found if is_file_like(p)]
     if len(found) > 1:
         both = " and ".join(f"{folder}/{p.name}" for p in found)
         raise AmbiguousTableError(f"both {both} exist; keep only one")
@@ -54,7 +65,7 @@ def table_files(landing: Path, folder: str) -> list[Path]:
     root = landing / folder
     if not root.is_dir():
         return []
-    files = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+    files = sorted(p for p in root.iterdir() if p.name.endswith(SUFFIXES) and is_file_like(p))
     stems = [p.name.removesuffix(".gz").removesuffix(".csv") for p in files]
     for stem in sorted({s for s in stems if stems.count(s) > 1}):
         raise AmbiguousTableError(f"both {folder}/{stem}.csv and {folder}/{stem}.csv.gz exist")
@@ -66,13 +77,52 @@ def relative(landing: Path, path: Path) -> str:
     return path.relative_to(landing).as_posix()
 
 
-def read_header(path: Path, label: str) -> list[str]:
+@dataclass(frozen=True)
+class TableFile:
+    """A table file as found, before any row is read: what to open and how to decode it.
+
+    `real` is the file opened (a link resolved); None when the path resolves outside the landing
+    zone, and then nothing of it is ever opened. Compression follows the name in the landing
+    zone (`.csv.gz`), not the name of a link's target.
+    """
+
+    label: str  # relative to the landing zone: ehr/labevents.csv.gz
+    real: Path | None
+    encoding: str  # encodings.py; "" when outside
+    compressed: bool
+
+    @property
+    def outside(self) -> bool:
+        return self.real is None
+
+    def read_options(self) -> dict:
+        return {"compression": "gzip" if self.compressed else None, "encoding": self.encoding}
+
+
+def inspect_table(landing: Path, path: Path) -> TableFile:
+    """Confine, then detect the encoding (one pass over the file's bytes)."""
+    label = relative(Path(landing), path)
+    compressed = is_compressed(path.name)
+    real = Zone.of(landing).real(path)
+    if real is None:
+        return TableFile(label, None, "", compressed)
     try:
-        return [str(c) for c in pd.read_csv(path, nrows=0, dtype=str).columns]
-    except pd.errors.EmptyDataError as error:
-        raise UnreadableTableError(f"{label}: empty file, no header") from error
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+        encoding = detect_encoding(real, compressed)
+    except _READ_ERRORS as error:
         raise UnreadableTableError(f"{label}: {error}") from error
+    return TableFile(label, real, encoding, compressed)
+
+
+def read_header(table: TableFile) -> list[str] | None:
+    """The column names; None when the file holds no header at all (0 bytes, blank lines)."""
+    assert table.real is not None, "never opened: outside the landing zone"
+    try:
+        frame = pd.read_csv(table.real, nrows=0, dtype=str, **table.read_options())
+    except pd.errors.EmptyDataError:
+        return None
+    except _READ_ERRORS as error:
+        raise UnreadableTableError(f"{table.label}: {error}") from error
+    return [str(c) for c in frame.columns]
 
 
 def require_columns(header: Sequence[str], required: Sequence[str], label: str) -> None:
@@ -89,7 +139,7 @@ class RawChunk:
     malformed: np.ndarray  # bool per row: more fields than the header
 
 
-def raw_chunks(path: Path, wanted: Sequence[str], chunksize: int, label: str) -> Iterator[RawChunk]:
+def raw_chunks(table: TableFile, wanted: Sequence[str], chunksize: int) -> Iterator[RawChunk]:
     """The table in chunks of text cells; only `wanted` columns are kept.
 
     Every column is tokenized, not only the wanted ones (no `usecols`): with usecols, pandas takes
@@ -98,18 +148,20 @@ def raw_chunks(path: Path, wanted: Sequence[str], chunksize: int, label: str) ->
     stopped with the python engine, which hands the row back so it is quarantined in place.
     Measured on MIMIC's labevents, reading every column costs about the same as usecols.
     """
-    header = read_header(path, label)
+    header = read_header(table)
+    if header is None:
+        return
     keep = [c for c in header if c in set(wanted)]
     done = 0
     try:
-        for chunk in _reader(path, chunksize, "c", len(header), label):
+        for chunk in _reader(table, chunksize, "c", len(header)):
             yield _raw(chunk, keep, done)
             done += len(chunk)
         return
     except pd.errors.ParserError:
         pass  # a row with too many fields: carry on with the engine that can hand it back
     skip = done
-    for chunk in _reader(path, chunksize, "python", len(header), label):
+    for chunk in _reader(table, chunksize, "python", len(header)):
         if skip:
             dropped = min(skip, len(chunk))
             chunk, skip = chunk.iloc[dropped:], skip - dropped
@@ -131,28 +183,26 @@ def _raw(chunk: pd.DataFrame, keep: list[str], done: int) -> RawChunk:
     return RawChunk(cells, malformed)
 
 
-def _reader(
-    path: Path, chunksize: int, engine: str, n_fields: int, label: str
-) -> Iterator[pd.DataFrame]:
+def _reader(table: TableFile, chunksize: int, engine: str, n_fields: int) -> Iterator[pd.DataFrame]:
     options: dict = {}
     if engine == "python":
         options["on_bad_lines"] = lambda _fields: [_MALFORMED] * n_fields
     try:
         with pd.read_csv(
-            path,
+            table.real,
             dtype=str,
             keep_default_na=False,  # "" stays "", "NA" stays "NA": we decide what is empty
             na_filter=False,
             skip_blank_lines=False,  # a blank line is a record for csv.reader: count it too
             chunksize=chunksize,
             engine=engine,
-            encoding="utf-8",
+            **table.read_options(),
             **options,
         ) as reader:
             yield from reader
     except pd.errors.ParserError:
         if engine == "python":
-            raise UnreadableTableError(f"{label}: cannot be parsed as CSV") from None
+            raise UnreadableTableError(f"{table.label}: cannot be parsed as CSV") from None
         raise
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, gzip.BadGzipFile) as error:
-        raise UnreadableTableError(f"{label}: {error}") from error
+    except _READ_ERRORS as error:
+        raise UnreadableTableError(f"{table.label}: {error}") from error

@@ -7,6 +7,9 @@ radiology reports include outpatient studies), and used by no admission.
 
 Row numbers in a reject's source (`note/radiology.csv:12`) are data-record numbers, header not
 counted: a note text with embedded newlines is one record however many lines it spans.
+Each table file is read as reader.load_table reads it: a link out of the landing zone is one
+quarantined input, a legacy encoding is read by fallback, an empty file holds 0 rows; the
+result names every file's encoding and every empty file.
 Plain code: no Dagster.
 """
 
@@ -50,26 +53,40 @@ def read_notes(
     known = pd.Series(sorted(subject_ids(patients)), dtype="Int64")
     admissions = admissions_for_linking(admissions)
     seen_ids: set[str] = set()
-    parts, rejects, coerced, seen = [], [], {}, 0
+    reads = []
     for path in files:
         loaded = load_table(landing, path, ts.NOTES, "note", chunksize)
-        rows = _link(loaded, admissions, known)
-        duplicate = rows["note_id"].isin(seen_ids) | rows["note_id"].duplicated()
-        loaded.reject(duplicate, DUPLICATE_NOTE)
-        rows = rows[~duplicate.to_numpy()]
-        seen_ids.update(rows["note_id"].dropna().tolist())
-        parts.append(rows.assign(source_table=pd.Series(loaded.file, index=rows.index)))
-        rejects.append(loaded.result().rejects)
-        seen += loaded.seen
-        add_counts(coerced, loaded.coerced)
-    rows = pd.concat(parts, ignore_index=True)[NOTE_COLUMNS]
-    rows = rows.astype({"source_table": "string", "hadm_id_given": "bool"})
+        reads.append(_read_file(loaded, admissions, known, seen_ids))
+    return _combined(reads)
+
+
+def _read_file(
+    loaded: Loaded, admissions: pd.DataFrame, known: pd.Series, seen_ids: set[str]
+) -> TableRead:
+    """One note table: linked, de-duplicated against `seen_ids` (updated), tagged by file."""
+    rows = _link(loaded, admissions, known)
+    duplicate = rows["note_id"].isin(seen_ids) | rows["note_id"].duplicated()
+    loaded.reject(duplicate, DUPLICATE_NOTE)
+    rows = rows[~duplicate.to_numpy()]
+    seen_ids.update(rows["note_id"].dropna().tolist())
+    read = loaded.result()
+    read.rows = rows.assign(source_table=pd.Series(loaded.file, index=rows.index))
+    return read
+
+
+def _combined(reads: list[TableRead]) -> TableRead:
+    rows = pd.concat([r.rows for r in reads], ignore_index=True)[NOTE_COLUMNS]
+    coerced: dict[str, int] = {}
+    for read in reads:
+        add_counts(coerced, read.coerced)
     return TableRead(
-        rows=rows,
-        rejects=pd.concat(rejects, ignore_index=True),
-        seen=seen,
+        rows=rows.astype({"source_table": "string", "hadm_id_given": "bool"}),
+        rejects=pd.concat([r.rejects for r in reads], ignore_index=True),
+        seen=sum(r.seen for r in reads),
         file="note/",
         coerced=coerced,
+        encodings={f: e for r in reads for f, e in r.encodings.items()},
+        empty_files={f: k for r in reads for f, k in r.empty_files.items()},
     )
 
 

@@ -7,6 +7,11 @@ value spanning several physical lines is one record (csv_chunks.py).
 
 labevents is streamed: chunk by chunk it is parsed, linked to its admission and appended to one
 Parquet file, so memory holds one chunk whatever the table's size (MIMIC-IV's is ~118M rows).
+
+Files as hospitals export them (landing-zone.md): a table file that is a link resolving outside
+the landing zone is never opened; it counts as one seen input, quarantined "outside landing
+zone" with the file as source. A file in a legacy encoding is read by fallback and named in
+`encodings`; a 0-byte or header-only file holds 0 rows and is named in `empty_files`.
 Plain code: no Dagster.
 """
 
@@ -25,10 +30,11 @@ from clinfuse.assets.ingest.ehr import table_schema as ts
 from clinfuse.assets.ingest.ehr.csv_chunks import (
     AmbiguousTableError,
     MissingColumnsError,
+    TableFile,
     UnreadableTableError,
+    inspect_table,
     raw_chunks,
     read_header,
-    relative,
     require_columns,
 )
 from clinfuse.assets.ingest.ehr.csv_chunks import find_table as _find_table
@@ -38,8 +44,10 @@ from clinfuse.assets.ingest.quarantine import (
     DUPLICATE_ADMISSION,
     DUPLICATE_SUBJECT,
     NO_ADMISSION,
+    OUTSIDE_LANDING_ZONE,
     UNKNOWN_ADMISSION,
     UNKNOWN_PATIENT,
+    Reject,
     rejects_frame,
 )
 
@@ -59,6 +67,8 @@ __all__ = [
 CHUNKSIZE = 500_000
 DUPLICATE_ITEM = "duplicate itemid"
 LAB_COLUMNS = list(ts.LABEVENTS.output_kinds())
+NO_HEADER = "no header"  # an empty_files value: 0 bytes (or blank lines only), not even a header
+HEADER_ONLY = "header only"  # an empty_files value: a header and no data row
 
 
 @dataclass
@@ -68,6 +78,8 @@ class TableRead:
     seen = ingested + len(rejects). `file` is relative to the landing zone, None when the table
     is absent. For labevents `rows` is empty (the rows are in the Parquet file) and `ingested`
     counts them. `coerced` counts optional cells that did not parse and were left empty.
+    `encodings`: every file read -> its encoding (encodings.py); `empty_files`: every file that
+    holds no data row -> NO_HEADER or HEADER_ONLY. Both are for the run log and the metadata.
     """
 
     rows: pd.DataFrame
@@ -76,6 +88,8 @@ class TableRead:
     file: str | None
     ingested: int = -1
     coerced: dict[str, int] = field(default_factory=dict)
+    encodings: dict[str, str] = field(default_factory=dict)
+    empty_files: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ingested < 0:
@@ -104,6 +118,10 @@ class Loaded:
     file: str | None
     modality: str
     coerced: dict[str, int]
+    # Rejects of the file as a whole (a link out of the landing zone); each counts in `seen`.
+    file_rejects: list[Reject] = field(default_factory=list)
+    encodings: dict[str, str] = field(default_factory=dict)
+    empty_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def good(self) -> pd.DataFrame:
@@ -117,12 +135,17 @@ class Loaded:
         self.reasons = ts.first_reason(self.reasons, full, reason)
 
     def result(self) -> TableRead:
+        rejects = reasons_to_rejects(self.reasons, self.file, self.modality)
+        if self.file_rejects:
+            rejects = pd.concat([rejects_frame(self.file_rejects), rejects], ignore_index=True)
         return TableRead(
             rows=self.good.reset_index(drop=True),
-            rejects=reasons_to_rejects(self.reasons, self.file, self.modality),
+            rejects=rejects,
             seen=self.seen,
             file=self.file,
             coerced=self.coerced,
+            encodings=self.encodings,
+            empty_files=self.empty_files,
         )
 
 
@@ -142,33 +165,61 @@ def reasons_to_rejects(reasons: pd.Series, file: str | None, modality: str) -> p
 
 
 def parsed_chunks(
-    path: Path, schema: ts.TableSchema, label: str, chunksize: int
+    table: TableFile, schema: ts.TableSchema, chunksize: int
 ) -> Iterator[ts.ParsedChunk]:
-    """The table's chunks, typed; a missing required column stops before any row is read."""
-    require_columns(read_header(path, label), schema.required, label)
-    for raw in raw_chunks(path, schema.names, chunksize, label):
+    """The table's chunks, typed; a missing required column stops before any row is read.
+
+    A file with no header at all yields nothing: it holds 0 rows, and no column is missing from
+    a file that names none.
+    """
+    header = read_header(table)
+    if header is None:
+        return
+    require_columns(header, schema.required, table.label)
+    for raw in raw_chunks(table, schema.names, chunksize):
         yield ts.parse_chunk(raw.cells, schema, raw.malformed)
+
+
+def empty_kind(table: TableFile, seen: int) -> str | None:
+    """NO_HEADER / HEADER_ONLY for a file read that held no data row; None otherwise."""
+    if table.outside or seen:
+        return None
+    return NO_HEADER if read_header(table) is None else HEADER_ONLY
+
+
+def outside_reject(table: TableFile, modality: str) -> Reject:
+    """The whole file quarantined, unopened: it is one seen input (counting.py agrees)."""
+    return Reject(modality, table.label, OUTSIDE_LANDING_ZONE)
 
 
 def load_table(
     landing: Path, path: Path | None, schema: ts.TableSchema, modality: str, chunksize: int
 ) -> Loaded:
     """A whole (small) table in memory; an absent one reads as empty with its schema."""
+    empty = schema.empty_frame()[schema.names]
     if path is None:
-        empty = schema.empty_frame()[schema.names]
         return Loaded(empty, pd.Series(dtype="string"), 0, None, modality, {})
-    label = relative(Path(landing), path)
-    frames, reasons, coerced = [], [], {}
-    for chunk in parsed_chunks(path, schema, label, chunksize):
+    table = inspect_table(Path(landing), path)
+    if table.outside:
+        loaded = Loaded(empty, pd.Series(dtype="string"), 1, table.label, modality, {})
+        loaded.file_rejects.append(outside_reject(table, modality))
+        return loaded
+    frames: list[pd.DataFrame] = []
+    reasons: list[pd.Series] = []
+    coerced: dict[str, int] = {}
+    for chunk in parsed_chunks(table, schema, chunksize):
         frames.append(chunk.frame)
         reasons.append(chunk.reasons)
         add_counts(coerced, chunk.coerced)
-    if not frames:
-        empty = schema.empty_frame()[schema.names]
-        return Loaded(empty, pd.Series(dtype="string"), 0, label, modality, coerced)
-    frame = pd.concat(frames) if len(frames) > 1 else frames[0]
-    reason = pd.concat(reasons) if len(reasons) > 1 else reasons[0]
-    return Loaded(frame, reason, len(frame), label, modality, coerced)
+    loaded = Loaded(empty, pd.Series(dtype="string"), 0, table.label, modality, coerced)
+    if frames:
+        loaded.frame = pd.concat(frames) if len(frames) > 1 else frames[0]
+        loaded.reasons = pd.concat(reasons) if len(reasons) > 1 else reasons[0]
+        loaded.seen = len(loaded.frame)
+    loaded.encodings[table.label] = table.encoding
+    if (kind := empty_kind(table, loaded.seen)) is not None:
+        loaded.empty_files[table.label] = kind
+    return loaded
 
 
 def add_counts(total: dict[str, int], more: dict[str, int]) -> None:
@@ -294,40 +345,59 @@ def stream_labevents(
     """
     landing, out_path = Path(landing), Path(out_path)
     path = find_table(landing, "labevents")
-    label = relative(landing, path) if path is not None else None
+    table = inspect_table(landing, path) if path is not None else None
     links = admissions_for_linking(admissions)
     known = pd.Series(sorted(subject_ids(patients)), dtype="Int64")
     schema = ts.LABEVENTS.arrow_schema()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
-    seen = ingested = 0
-    rejects: list[pd.DataFrame] = []
-    coerced: dict[str, int] = {}
+    read = TableRead(
+        rows=ts.LABEVENTS.empty_frame()[LAB_COLUMNS],
+        rejects=rejects_frame(),
+        seen=0,
+        file=table.label if table is not None else None,
+        ingested=0,
+    )
     try:
         with pq.ParquetWriter(partial, schema) as writer:
-            if path is not None:
-                for chunk in parsed_chunks(path, ts.LABEVENTS, label, chunksize):
-                    rows, reasons = _link_chunk(chunk, links, known)
-                    table = pa.Table.from_pandas(rows, schema=schema, preserve_index=False)
-                    writer.write_table(table)
-                    rejects.append(reasons_to_rejects(reasons, label, "ehr"))
-                    seen += len(chunk.frame)
-                    ingested += len(rows)
-                    add_counts(coerced, chunk.coerced)
-            if seen == 0:
+            if table is not None:
+                _stream_into(writer, schema, table, read, links, known, chunksize)
+            if read.ingested == 0:
                 writer.write_table(schema.empty_table())
     except BaseException:
         partial.unlink(missing_ok=True)  # no half-written file for the next run to trust
         raise
     partial.replace(out_path)
-    return TableRead(
-        rows=ts.LABEVENTS.empty_frame()[LAB_COLUMNS],
-        rejects=pd.concat(rejects, ignore_index=True) if rejects else rejects_frame(),
-        seen=seen,
-        file=label,
-        ingested=ingested,
-        coerced=coerced,
-    )
+    return read
+
+
+def _stream_into(
+    writer: pq.ParquetWriter,
+    schema: pa.Schema,
+    table: TableFile,
+    read: TableRead,
+    links: pd.DataFrame,
+    known: pd.Series,
+    chunksize: int,
+) -> None:
+    """Every chunk of one labevents file, linked and written; its counts added to `read`."""
+    if table.outside:
+        read.rejects = rejects_frame([outside_reject(table, "ehr")])
+        read.seen = 1
+        return
+    rejects = []
+    for chunk in parsed_chunks(table, ts.LABEVENTS, chunksize):
+        rows, reasons = _link_chunk(chunk, links, known)
+        writer.write_table(pa.Table.from_pandas(rows, schema=schema, preserve_index=False))
+        rejects.append(reasons_to_rejects(reasons, table.label, "ehr"))
+        read.seen += len(chunk.frame)
+        read.ingested += len(rows)
+        add_counts(read.coerced, chunk.coerced)
+    if rejects:
+        read.rejects = pd.concat(rejects, ignore_index=True)
+    read.encodings[table.label] = table.encoding
+    if (kind := empty_kind(table, read.seen)) is not None:
+        read.empty_files[table.label] = kind
 
 
 def _link_chunk(
