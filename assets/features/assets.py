@@ -55,11 +55,32 @@ def lab_features(
 
 
 @dg.asset(group_name=GROUP, kinds={"scikitlearn"}, owners=OWNERS)
-def note_embedder(settings: PipelineSettings, cohort: pd.DataFrame, notes: pd.DataFrame) -> dict:
-    """The text encoder: a packaged sentence encoder, else TF-IDF + SVD fitted on train."""
-    text = allowed_notes(notes, cohort, settings.value.window_hours)
-    embedder = NoteEmbedder(backend=settings.value.text_backend, seed=settings.value.seed)
-    embedder = embedder.fit(text, _train(cohort)["hadm_id"])
+def note_embedder(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    cohort: pd.DataFrame,
+    notes: pd.DataFrame,
+) -> dict:
+    """The text encoder: a packaged sentence encoder, else TF-IDF + SVD fitted on train.
+
+    A TF-IDF term must be in the notes of `notes.min_term_patients` distinct train patients:
+    what one patient's notes alone hold (a name the de-identifier missed) never persists.
+    """
+    run = settings.value
+    text = allowed_notes(notes, cohort, run.window_hours)
+    embedder = NoteEmbedder(
+        backend=run.text_backend, seed=run.seed, min_term_patients=run.notes.min_term_patients
+    )
+    train = _train(cohort)
+    embedder = embedder.fit(text, train["hadm_id"], train["subject_id"])
+    terms = len(embedder.tfidf_.terms) if embedder.backend_ == "tfidf" else 0
+    context.add_output_metadata(
+        {
+            "backend": embedder.backend_,
+            "terms": terms,
+            "min_term_patients": run.notes.min_term_patients,
+        }
+    )
     return embedder.to_state()
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.preprocessing import normalize
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ class NoteEmbedder:
     max_dim: the TF-IDF backend's SVD size (the sentence model's size is its own, 384).
     max_fit_docs: TF-IDF vocabulary and SVD are fitted on at most this many train admissions
     (a seeded sample), which bounds fit memory on MIMIC-sized exports.
+    min_term_patients: a term enters the TF-IDF vocabulary only if the notes of at least this
+    many distinct train patients hold it (the pipeline passes `Settings.notes.min_term_patients`,
+    10 by default; 1 here keeps every term, for callers without patient ids).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class NoteEmbedder:
         max_dim: int = 128,
         max_fit_docs: int = 20_000,
         seed: int = 0,
+        min_term_patients: int = 1,
     ) -> None:
         if backend not in ("auto", "sentence", "tfidf"):
             raise ValueError(f"backend must be auto, sentence or tfidf, not {backend!r}")
@@ -63,21 +67,54 @@ class NoteEmbedder:
         self.max_dim = int(max_dim)
         self.max_fit_docs = int(max_fit_docs)
         self.seed = int(seed)
+        self.min_term_patients = max(int(min_term_patients), 1)
 
-    def fit(self, notes_by_admission: pd.Series, train_ids: Iterable[int]) -> NoteEmbedder:
-        """Choose the backend; for TF-IDF, fit it on the train admissions' text only."""
+    def fit(
+        self,
+        notes_by_admission: pd.Series,
+        train_ids: Iterable[int],
+        subject_ids: Iterable[int] | None = None,
+    ) -> NoteEmbedder:
+        """Choose the backend; for TF-IDF, fit it on the train admissions' text only.
+
+        subject_ids: the patient of each train id (same order), which `min_term_patients`
+        counts; needed whenever that is above 1.
+        """
         self.backend_ = _resolve_backend(self.backend)
         if self.backend_ == "sentence":
             self.dim_ = _sentence_model().dim
             return self
-        texts = _aligned_texts(notes_by_admission, train_ids)
-        texts = [t for t in texts if t is not None]
-        if len(texts) > self.max_fit_docs:
-            rng = np.random.default_rng(self.seed)
-            texts = [texts[i] for i in sorted(rng.choice(len(texts), self.max_fit_docs, False))]
-        self.tfidf_ = TfidfModel.fit(texts, self.max_dim, self.seed)
+        texts, patients = self._train_texts(notes_by_admission, train_ids, subject_ids)
+        self.tfidf_ = TfidfModel.fit(
+            texts, self.max_dim, self.seed, patients=patients, min_patients=self.min_term_patients
+        )
         self.dim_ = self.max_dim
         return self
+
+    def _train_texts(
+        self,
+        notes_by_admission: pd.Series,
+        train_ids: Iterable[int],
+        subject_ids: Iterable[int] | None,
+    ) -> tuple[list[str], list[int]]:
+        """Train texts (a seeded sample of max_fit_docs at most) and their patients."""
+        ids = list(train_ids)
+        if subject_ids is None:
+            if self.min_term_patients > 1:
+                raise ValueError("min_term_patients > 1 needs the train admissions' subject_ids")
+            patients = list(range(len(ids)))  # placeholders: with the rule off none is counted
+        else:
+            patients = [int(s) for s in subject_ids]
+            if len(patients) != len(ids):
+                raise ValueError("subject_ids must name the patient of each train id, in order")
+        pairs = [
+            (t, p) for t, p in zip(_aligned_texts(notes_by_admission, ids), patients, strict=True)
+        ]
+        pairs = [(t, p) for t, p in pairs if t is not None]
+        if len(pairs) > self.max_fit_docs:
+            rng = np.random.default_rng(self.seed)
+            pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), self.max_fit_docs, False))]
+        return [t for t, _ in pairs], [p for _, p in pairs]
 
     def transform(self, notes_by_admission: pd.Series, ids: Iterable[int]) -> np.ndarray:
         """(len(ids), dim_) float32, rows in ids order."""
@@ -104,6 +141,7 @@ class NoteEmbedder:
             "max_dim": self.max_dim,
             "max_fit_docs": self.max_fit_docs,
             "seed": self.seed,
+            "min_term_patients": self.min_term_patients,
             "dim": self.dim_,
         }
         if self.backend_ == "sentence":
@@ -122,6 +160,8 @@ class NoteEmbedder:
             max_dim=state["max_dim"],
             max_fit_docs=state["max_fit_docs"],
             seed=state["seed"],
+            # States written before the rule existed kept every term.
+            min_term_patients=state.get("min_term_patients", 1),
         )
         out.backend_ = state["backend"]
         out.dim_ = int(state["dim"])
@@ -164,18 +204,34 @@ class TfidfModel:
     dim: int
 
     @classmethod
-    def fit(cls, texts: list[str], dim: int, seed: int) -> TfidfModel:
+    def fit(
+        cls,
+        texts: list[str],
+        dim: int,
+        seed: int,
+        patients: list[int] | None = None,
+        min_patients: int = 1,
+    ) -> TfidfModel:
+        """Vocabulary: the MAX_TERMS most frequent terms that the texts of at least
+        min_patients distinct patients (patients[i]: the patient of texts[i]) hold."""
         empty = cls([], np.zeros(0), np.zeros((0, 0), dtype=np.float32), dim)
         if len(texts) < 2:
             log.warning("TF-IDF fitted on %d train documents: note features are zeros", len(texts))
             return empty
-        vectorizer = TfidfVectorizer(ngram_range=NGRAMS, max_features=MAX_TERMS, sublinear_tf=True)
+        counts = CountVectorizer(ngram_range=NGRAMS)
         try:
-            vectorizer.fit(texts)
+            matrix = counts.fit_transform(texts).tocsc()
         except ValueError:  # empty vocabulary: nothing but one-letter tokens
             return empty
-        terms = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
-        model = cls(terms, vectorizer.idf_.astype(np.float64), np.zeros((0, len(terms))), dim)
+        names = counts.get_feature_names_out()
+        chosen = _vocabulary(matrix, patients, min_patients)
+        if not len(chosen):
+            log.warning(
+                "no term is in the notes of %d train patients: features are zeros", min_patients
+            )
+            return empty
+        terms = [str(t) for t in names[chosen]]  # alphabetical, as sklearn orders its vocabulary
+        model = cls(terms, _smooth_idf(matrix[:, chosen]), np.zeros((0, len(terms))), dim)
         k = min(dim, len(terms) - 1, len(texts) - 1)
         if k >= 1:
             svd = TruncatedSVD(n_components=k, random_state=seed).fit(model.tfidf_matrix(texts))
@@ -208,6 +264,36 @@ class TfidfModel:
         return cls(
             list(state["terms"]), _unpack(state["idf"]), _unpack(state["components"]), state["dim"]
         )
+
+
+def _vocabulary(matrix: sp.csc_matrix, patients: list[int] | None, min_patients: int) -> np.ndarray:
+    """Sorted column indices: terms held by >= min_patients patients, the MAX_TERMS most
+    frequent of them (total count, ties by term order: what TfidfVectorizer's max_features
+    keeps, made deterministic)."""
+    keep = np.arange(matrix.shape[1])
+    if min_patients > 1:
+        keep = keep[_patients_per_term(matrix, patients) >= min_patients]
+    totals = np.asarray(matrix[:, keep].sum(axis=0)).ravel()
+    order = np.lexsort((keep, -totals))[:MAX_TERMS]
+    return np.sort(keep[order])
+
+
+def _patients_per_term(matrix: sp.csc_matrix, patients: list[int] | None) -> np.ndarray:
+    """How many distinct patients' documents hold each term."""
+    if patients is None or len(patients) != matrix.shape[0]:
+        raise ValueError("the patient of every train document is needed to count patients")
+    codes, _ = pd.factorize(pd.Series(patients))
+    # (patients x documents) indicator @ (documents x terms) counts: a term's column is
+    # nonzero in the rows of the patients who wrote it.
+    owner = sp.csr_matrix((np.ones(len(codes)), (codes, np.arange(len(codes)))))
+    held = owner @ (matrix > 0).astype(np.float64)
+    return np.asarray((held > 0).sum(axis=0)).ravel()
+
+
+def _smooth_idf(matrix: sp.csc_matrix) -> np.ndarray:
+    """sklearn's smooth idf, ln((1 + n) / (1 + df)) + 1, of each column."""
+    df = np.asarray((matrix > 0).sum(axis=0), dtype=np.float64).ravel()
+    return np.log((1.0 + matrix.shape[0]) / (1.0 + df)) + 1.0
 
 
 def _pack(array: np.ndarray) -> dict[str, Any]:

@@ -1,19 +1,46 @@
-"""EHR and notes assets: the landing zone's tables, typed, linked and stored as Parquet."""
+"""EHR and notes assets: the landing zone's tables, typed, linked and stored as Parquet.
+
+Every table's materialization names how its files were read (landing-zone.md, "Files as
+hospitals export them"): metadata `encodings` (file -> encoding) and `empty_files` (file ->
+"no header" / "header only"), and the run log warns for each legacy encoding and empty file.
+"""
 
 import dagster as dg
 import pandas as pd
 
 from clinfuse.assets.ingest.ehr import notes as notes_reader
 from clinfuse.assets.ingest.ehr import reader as ehr_reader
+from clinfuse.assets.ingest.encodings import is_fallback
 from clinfuse.assets.ingest.ingested import Ingested
-from clinfuse.assets.resources import LandingZone, WorkDir
+from clinfuse.assets.resources import DECODE_POOL, LandingZone, WorkDir
 
 GROUP = "ingest"
 OWNERS = ["team:clinical-ml"]
 
 
 def _ingested(read: ehr_reader.TableRead) -> Ingested:
+    _describe_files(read)
     return Ingested(rows=read.rows, rejects=read.rejects, seen=read.seen)
+
+
+def _describe_files(read: ehr_reader.TableRead) -> None:
+    """The files' encodings and empty files, in the run log and the output's metadata.
+
+    Through the current context rather than a `context` argument, so that every EHR asset,
+    notes included, gets it from `_ingested` without a change to its signature.
+    """
+    context = dg.AssetExecutionContext.get()
+    for file, encoding in read.encodings.items():
+        if is_fallback(encoding):
+            context.log.warning(f"{file}: not UTF-8, read as {encoding}")
+    for file, kind in read.empty_files.items():
+        context.log.warning(f"{file}: {kind}, 0 rows")
+    context.add_output_metadata(
+        {
+            "encodings": dg.MetadataValue.json(read.encodings),
+            "empty_files": dg.MetadataValue.json(read.empty_files),
+        }
+    )
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS, deps=["landing_ehr"])
@@ -52,10 +79,29 @@ def labevents(
     """
     staging = workdir.folder("tables") / "labevents.staging.parquet"
     read = ehr_reader.stream_labevents(landing.root, staging, admissions, patients)
+    _describe_files(read)
     return Ingested(rows=staging, rejects=read.rejects, seen=read.seen)
 
 
-@dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS, deps=["landing_note"])
-def notes(landing: LandingZone, admissions: pd.DataFrame, patients: pd.DataFrame) -> Ingested:
-    """Every note/ table. Discharge summaries are kept here and excluded from features later."""
-    return _ingested(notes_reader.read_notes(landing.root, admissions, patients))
+@dg.asset(
+    group_name=GROUP,
+    kinds={"pandas", "parquet"},
+    owners=OWNERS,
+    deps=["landing_note"],
+    # De-identification runs in a process pool of every core on a large export, like decoding.
+    pool=DECODE_POOL,
+)
+def notes(
+    landing: LandingZone, workdir: WorkDir, admissions: pd.DataFrame, patients: pd.DataFrame
+) -> Ingested:
+    """Every note/ table, de-identified (docs/privacy.md) before anything of it is stored.
+    Discharge summaries are kept here and excluded from features later."""
+    # Imported here: Presidio takes ~1 s to import, which every process loading the code
+    # location would pay.
+    from clinfuse.assets.ingest.ehr.deid import NoteDeidentifier
+
+    read = notes_reader.read_notes(landing.root, admissions, patients)
+    clean = NoteDeidentifier().series(read.rows["text"], workers=workdir.worker_count)
+    read.rows["text"] = clean.texts
+    dg.AssetExecutionContext.get().add_output_metadata(clean.metadata())  # counts, never text
+    return _ingested(read)
