@@ -5,7 +5,8 @@ An asset that returns a DataFrame is stored as `<base>/<asset>.parquet`. One tha
 Downstream, an input annotated `Path` gets the Parquet file's path (for streaming readers), an
 input whose AssetIn metadata says `{"part": "rejects"}` or `{"part": "counts"}` gets that part,
 and anything else gets the rows as a DataFrame. `ShardSet`s are stored as a small JSON manifest
-next to the shards they describe, and dicts (fitted preprocessing state, model pointers) as JSON.
+(with each shard's size and sha256, verified on every load) next to the shards they describe,
+and dicts (fitted preprocessing state, model pointers) as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from upath import UPath
 
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
+from clinfuse.models.shards import ShardError, shard_digests, verify_shards
 
 
 class ParquetIOManager(dg.UPathIOManager):
@@ -41,6 +43,9 @@ class ParquetIOManager(dg.UPathIOManager):
                 "directory": str(obj.directory),
                 "shards": list(obj.shards),
                 "item_shape": list(obj.item_shape),
+                # What the writer wrote: a later run killed while rewriting these files must
+                # not pass for them (shards.py).
+                "digests": shard_digests(obj.directory, obj.shards),
             }
             _sibling(path, ".shards.json").write_text(json.dumps(manifest))
             self._dump_rows(pd.DataFrame({"shard": list(obj.shards)}), path)
@@ -74,12 +79,7 @@ class ParquetIOManager(dg.UPathIOManager):
             return json.loads(as_json.read_text())
         shard_manifest = _sibling(path, ".shards.json")
         if shard_manifest.exists():
-            raw = json.loads(shard_manifest.read_text())
-            return ShardSet(
-                directory=Path(raw["directory"]),
-                shards=tuple(raw["shards"]),
-                item_shape=tuple(raw["item_shape"]),
-            )
+            return _load_shard_set(context, json.loads(shard_manifest.read_text()))
         if context.dagster_type.typing_type is Path:
             return Path(str(path))
         return pd.read_parquet(str(path))
@@ -98,6 +98,24 @@ class ParquetIOManager(dg.UPathIOManager):
         if isinstance(obj, pd.DataFrame):
             return {"dagster/row_count": len(obj), **_table_metadata(obj)}
         return {}
+
+
+def _load_shard_set(context: dg.InputContext, raw: dict[str, Any]) -> ShardSet:
+    """The stored ShardSet, once every shard is verified to be the one its asset wrote."""
+    shards = ShardSet(
+        directory=Path(raw["directory"]),
+        shards=tuple(raw["shards"]),
+        item_shape=tuple(raw["item_shape"]),
+    )
+    asset = context.asset_key.to_user_string()
+    rerun = "run `clinfuse run` again to ingest it anew"
+    if "digests" not in raw:  # stored before shards had checksums: nothing vouches for them
+        raise ShardError(f"{asset}: its shards were stored without checksums; {rerun}")
+    try:
+        verify_shards(shards.directory, {name: raw["digests"][name] for name in shards.shards})
+    except (ShardError, KeyError) as error:
+        raise ShardError(f"{asset}: {error} (a killed run's leftover?); {rerun}") from None
+    return shards
 
 
 def _table_metadata(rows: pd.DataFrame | Path) -> dict[str, Any]:

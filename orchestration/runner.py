@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,35 @@ def dagster_instance(workdir: Path) -> dg.DagsterInstance:
     home = workdir / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     return dg.DagsterInstance.local_temp(tempdir=str(home))  # persistent, despite the name
+
+
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def workdir_lock(workdir: Path) -> Iterator[None]:
+    """Holds <workdir>/.lock (flock, exclusive) for the block; PipelineFailed if another holds it.
+
+    Two runs on one work directory would overwrite each other's tables, shards and models, so
+    the second refuses at once, before it touches anything, and says which process has it. The
+    kernel drops the lock when its holder dies, however it dies, so a killed run never leaves a
+    stale lock behind (the pid left in the file is then only a note).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK_NAME
+    # "a+", not "w": the file must not be emptied before the lock is ours, it names the holder.
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise PipelineFailed(f"another run holds {path} (pid {holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield  # closing the file releases the lock
 
 
 def _check_landing(landing: Path) -> None:
@@ -76,11 +108,10 @@ def run_pipeline(
     """Runs `full_pipeline` and returns the report (also written to <workdir>/report.json)."""
     landing, workdir = landing.resolve(), workdir.resolve()
     _check_landing(landing)
-    workdir.mkdir(parents=True, exist_ok=True)
     settings = read_config(config, training, assignments)
     defs = build_definitions(landing, workdir, settings, workers=workers)
     job = defs.resolve_job_def("full_pipeline")
-    with dagster_instance(workdir) as instance:
+    with workdir_lock(workdir), dagster_instance(workdir) as instance:
         result = job.execute_in_process(
             instance=instance, run_config=QUIET_CONSOLE, raise_on_error=False
         )
@@ -105,7 +136,7 @@ def promote_model(
     defs = build_definitions(landing, workdir, read_config(config, None, assignments))
     job = defs.resolve_job_def("promote")
     run_config = {**QUIET_CONSOLE, "ops": {"champion": {"config": {"force": force, "note": note}}}}
-    with dagster_instance(workdir) as instance:
+    with workdir_lock(workdir), dagster_instance(workdir) as instance:
         result = job.execute_in_process(
             instance=instance, run_config=run_config, raise_on_error=False
         )
@@ -121,7 +152,7 @@ def retrain(
     settings = read_config(config, training)
     defs = build_definitions(landing.resolve(), workdir.resolve(), settings)
     job = defs.resolve_job_def("retrain_and_evaluate")
-    with dagster_instance(workdir.resolve()) as instance:
+    with workdir_lock(workdir.resolve()), dagster_instance(workdir.resolve()) as instance:
         result = job.execute_in_process(
             instance=instance, run_config=QUIET_CONSOLE, raise_on_error=False
         )

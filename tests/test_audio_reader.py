@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+import signal
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from clinfuse.assets.ingest.audio.reader import (
     ingest_audio,
     load_recording,
 )
+from clinfuse.assets.ingest.quarantine import DECODER_CRASHED
 from clinfuse.assets.settings import AudioSettings
 from clinfuse.models.shards import ShardReader
 
@@ -339,7 +344,7 @@ MESSY_REJECTS = {
     "audio/broken.wav": "not an audio file",
     "audio/manifest.csv:12": "missing path",
     "audio/manifest.csv:13": "missing recorded_at",
-    "audio/manifest.csv:14": "bad path",
+    "audio/manifest.csv:14": "outside landing zone",  # resolves outside audio/ (landing-zone.md)
 }
 
 
@@ -393,3 +398,91 @@ def test_pool_and_single_process_give_identical_output(messy, tmp_path, monkeypa
     assert one.shards == two.shards
     for name in one.shards:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+# --- a decoder that crashes ---------------------------------------------------------------------
+
+
+def crash_on_marked(paths: list[str], settings: AudioSettings) -> list:
+    """A stand-in for libsndfile segfaulting on one file: the worker process dies."""
+    if any("crash" in Path(p).name for p in paths):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return audio_reader.examine_files(paths, settings)
+
+
+def test_a_crashing_worker_costs_one_file(tmp_path, monkeypatch):
+    """The pool goes on; the file whose decoding killed its worker is quarantined "decoder
+    crashed" under its own path, and a copy of it under another row is a duplicate."""
+    landing = tmp_path / "landing"
+    (landing / "audio").mkdir(parents=True)
+    names = [f"{i:02d}.wav" for i in range(5)] + ["crash.wav"] + [f"{i:02d}.wav" for i in (6, 7)]
+    for number, name in enumerate(names):
+        sf.write(landing / "audio" / name, _tone(1 + number / 8, 4000), 4000, subtype="PCM_16")
+    shutil.copy(landing / "audio" / "crash.wav", landing / "audio" / "crash-copy.wav")
+    _manifest(landing, [f"{name},1,{INSIDE},," for name in [*names, "crash-copy.wav"]])
+    monkeypatch.setattr(audio_reader, "BATCH", 2)  # several batches in flight when it dies
+    crashing = functools.partial(audio_reader._outcomes, examine=crash_on_marked)
+    monkeypatch.setattr(audio_reader, "_outcomes", crashing)
+
+    result = _ingest(landing, tmp_path / "shards", workers=2)
+
+    assert result.seen == len(result.index) + len(result.rejects) == len(names) + 1
+    assert _reasons(result) == {
+        "audio/crash.wav": DECODER_CRASHED,
+        "audio/manifest.csv:9": "duplicate recording",  # crash-copy.wav: same bytes
+    }
+    expected = [f"audio/{name}" for name in names if name != "crash.wav"]
+    assert list(result.index["path"]) == expected
+    reader = ShardReader(tmp_path / "shards")
+    for row in result.index.itertuples():
+        ours = reader.get(row.shard, row.slot)
+        assert np.array_equal(ours, load_recording(landing / row.path, SETTINGS).astype("float16"))
+
+
+# --- a long recording costs what a short one does -----------------------------------------------
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through system calls so far (libsndfile's reads included)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def _write_tone(path: Path, seconds: int, file_format: str) -> None:
+    """A minute of tone written over and over: a 2-hour file in about a second."""
+    minute = _tone(60, 4000, 0.3)[:, 0].astype(np.float32)
+    with sf.SoundFile(path, "w", 4000, 1, subtype="PCM_16", format=file_format) as sink:
+        for start in range(0, seconds, 60):
+            sink.write(minute[: (min(60, seconds - start)) * 4000])
+
+
+def _decode_cost(path: Path) -> tuple[int, int]:
+    """(bytes read, peak Python memory) of decoding `path` once."""
+    before = _bytes_read()
+    tracemalloc.start()
+    try:
+        decode_recording(path, SETTINGS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return _bytes_read() - before, peak
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+@pytest.mark.parametrize("file_format", ["WAV", "FLAC"])
+def test_a_two_hour_recording_decodes_like_an_eight_second_one(tmp_path, file_format):
+    """Only the seconds the features use are read and decoded: 2 h at 4 kHz (a 57.6 MB WAV)
+    reads and allocates about what 8 s (64 kB) does."""
+    short, long = tmp_path / f"short.{file_format}", tmp_path / f"long.{file_format}"
+    _write_tone(short, 8, file_format)
+    _write_tone(long, 2 * 3600, file_format)
+    decode_recording(short, SETTINGS)  # warm: imports, the mel filter bank
+    short_read, short_peak = _decode_cost(short)
+    long_read, long_peak = _decode_cost(long)
+    assert long.stat().st_size > 200 * short.stat().st_size
+    # A few extra header/seek buffers of slack; the whole file would be hundreds of times more.
+    assert long_read < 2 * short_read + 256 * 1024, (short_read, long_read)
+    assert long_peak < 1.5 * short_peak, (short_peak, long_peak)
+    assert decode_recording(long, SETTINGS).frames == 2 * 3600 * 4000

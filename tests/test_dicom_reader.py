@@ -26,6 +26,7 @@ from clinfuse.assets.ingest.dicom.reader import (
 )
 from clinfuse.assets.ingest.quarantine import (
     BAD_VALUE,
+    DECODER_CRASHED,
     DUPLICATE_INSTANCE,
     MISSING_FILE,
     NO_ADMISSION,
@@ -59,8 +60,8 @@ REASON = re.compile(
     r"|unknown patient"
     r"|unknown admission|no admission"
     r"|unsupported transfer syntax(: [\w .()\-\[\]]+)?"
-    r"|undecodable pixel data(: (bad image attributes|bad palette|unexpected shape"
-    r"|decoder crashed))?)"
+    r"|undecodable pixel data(: (bad image attributes|bad palette|unexpected shape))?"
+    r"|decoder crashed)"
 )
 
 
@@ -405,7 +406,7 @@ def test_a_crashing_worker_costs_one_file(tmp_path: Path) -> None:
     ]
     assert [r.path for r in results] == names
     assert [r.path for r in results if r.reason] == ["crash.dcm"]
-    assert results[names.index("crash.dcm")].reason == f"{UNDECODABLE_PIXELS}: decoder crashed"
+    assert results[names.index("crash.dcm")].reason == DECODER_CRASHED
 
 
 def test_no_dicom_folder(tmp_path: Path) -> None:

@@ -1,20 +1,27 @@
-"""Running again: after a kill, twice in a row, and with a deliberately worse challenger."""
+"""Running again: after a kill, twice in a row, and with a deliberately worse challenger; killed
+at each step that writes (shards, training, registration) and rerun; two runs at once."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import yaml
-from dagster import AssetKey
+from dagster import AssetKey, DagsterEventType
+from sqlalchemy.exc import OperationalError
 
+from clinfuse.assets.evaluation.registry import version_problem
+from clinfuse.assets.mlflow_resource import MLflowResource
+from clinfuse.models.shards import verify_shards
 from clinfuse.orchestration.cli import main
-from clinfuse.orchestration.runner import dagster_instance, retrain, run_pipeline
+from clinfuse.orchestration.runner import PipelineFailed, dagster_instance, retrain, run_pipeline
 from tests.conftest import TINY_TRAINING
 
 pytestmark = pytest.mark.slow
@@ -25,9 +32,12 @@ def _row_counts(workdir: Path) -> dict[str, int]:
     return {p.name: len(pd.read_parquet(p)) for p in sorted(tables.glob("*.parquet"))}
 
 
-def _kill_midway(landing: Path, workdir: Path, config: Path) -> None:
-    """Starts `clinfuse run` and kills it once the first ingest tables exist."""
-    command = [
+def _first_tables_exist(workdir: Path) -> bool:
+    return (workdir / "tables" / "admissions.parquet").exists()
+
+
+def _run_command(landing: Path, workdir: Path, config: Path) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "clinfuse.orchestration.cli",
@@ -39,14 +49,33 @@ def _kill_midway(landing: Path, workdir: Path, config: Path) -> None:
         "--config",
         str(config),
     ]
+
+
+def _kill_midway(
+    landing: Path,
+    workdir: Path,
+    config: Path,
+    ready: Callable[[Path], bool] = _first_tables_exist,
+    while_running: Callable[[subprocess.Popen], None] | None = None,
+) -> None:
+    """Starts `clinfuse run` and SIGKILLs it (and its workers) once `ready(workdir)` holds;
+    `while_running(process)` is called first, as soon as the run has written its first table."""
+    command = _run_command(landing, workdir, config)
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while not (workdir / "tables" / "admissions.parquet").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "the run never got going"
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    try:
+        deadline = time.monotonic() + 300
+        checks = [_first_tables_exist, ready]
+        while checks:
+            if checks[0](workdir):
+                if checks.pop(0) is _first_tables_exist and while_running is not None:
+                    while_running(process)
+                continue
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run never got there"
+            time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
     assert not (workdir / "report.json").exists()
 
 
@@ -115,3 +144,105 @@ def test_killed_rerun_twice_and_a_worse_challenger(landing, tmp_path):
     assert (
         client.get_model_version(name, str(champion_before)).tags["promotion.superseded_by"] == "3"
     )
+
+
+# --- killed at each step, rerun -------------------------------------------------------------
+
+
+def _steps(workdir: Path, event: DagsterEventType) -> dict[str, float]:
+    """step key -> when it logged `event`, in the latest run of the work dir's Dagster event log
+    (read while the run writes it: the same SQLite storage `clinfuse run` uses)."""
+    if not _first_tables_exist(workdir):  # before that, the storage may still be being created
+        return {}
+    try:
+        with dagster_instance(workdir) as instance:
+            runs = instance.get_runs(limit=1)
+            events = instance.all_logs(runs[0].run_id, of_type=event) if runs else []
+    except OperationalError:  # SQLite busy with the run's own writes: look again later
+        return {}
+    return {entry.step_key: entry.timestamp for entry in events if entry.step_key}
+
+
+def _started(workdir: Path) -> dict[str, float]:
+    return _steps(workdir, DagsterEventType.STEP_START)
+
+
+def _running_for(step: str, seconds: float) -> Callable[[Path], bool]:
+    def ready(workdir: Path) -> bool:
+        started = _started(workdir).get(step)
+        return started is not None and time.time() - started >= seconds
+
+    return ready
+
+
+def _logging_the_model(workdir: Path) -> bool:
+    """registered_model wrote the served model's settings.json a second ago: it is inside
+    log_model (saving the pyfunc and validating its input example take ~7 s here), with a logged
+    model created that is not READY yet. Killed now, that one stays PENDING, never uploaded."""
+    written = list((workdir / "models").glob("*/settings.json"))
+    return bool(written) and time.time() - written[0].stat().st_mtime >= 1.0
+
+
+def _second_run_is_refused(landing: Path, workdir: Path, config: Path):
+    def check(process: subprocess.Popen) -> None:
+        with pytest.raises(PipelineFailed) as refused:
+            run_pipeline(landing, workdir, config, workers=2)
+        lock = workdir.resolve() / ".lock"
+        assert str(refused.value) == f"another run holds {lock} (pid {process.pid})"
+
+    return check
+
+
+# name -> (when to kill, the step that must be running then)
+# Each kill comes early in a step that lasts seconds on any machine, so it lands inside it.
+KILL_POINTS = {
+    # dicom_studies starts its decoding pool (a fork server importing torch), decodes every film
+    # and writes the image shards (4 to 14 s here)
+    "shard writes": (_running_for("dicom_studies", 0.0), "dicom_studies"),
+    "training": (_running_for("modality_models", 2.0), "modality_models"),
+    "registration": (_logging_the_model, "registered_model"),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_run_killed_at_a_step_reruns_cleanly(landing, tmp_path, point):
+    workdir = tmp_path / "work"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"training": TINY_TRAINING}))
+    # While the doomed run holds the work dir, a second run is refused at once, untouched.
+    check = _second_run_is_refused(landing, workdir, config) if point == "shard writes" else None
+    ready, step = KILL_POINTS[point]
+    _kill_midway(landing, workdir, config, ready, while_running=check)
+    assert step in _started(workdir)  # killed where meant: the step began and never ended
+    assert step not in _steps(workdir, DagsterEventType.STEP_SUCCESS)
+
+    report = run_pipeline(landing, workdir, config, workers=2)
+
+    assert json.loads((workdir / "report.json").read_text()) == report
+    _every_table_and_shard_is_whole(workdir)
+    block = report["mlflow"]
+    store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(workdir))
+    client = store.client()
+    versions = client.search_model_versions(f"name = '{block['model_name']}'")
+    assert block["version"] in {str(v.version) for v in versions}
+    assert "challenger" in block["aliases"]
+    with store.activated():
+        for version in versions:  # none points at missing artifacts
+            assert version_problem(client, version) is None, version.version
+            model = mlflow.pyfunc.load_model(f"models:/{block['model_name']}/{version.version}")
+            assert model.metadata.get_input_schema() is not None
+
+
+def _every_table_and_shard_is_whole(workdir: Path) -> None:
+    tables = workdir / "tables"
+    for path in sorted(tables.glob("*.parquet")):
+        pd.read_parquet(path)  # raises on a cut-off file
+    assert not list(tables.glob("*.tmp"))
+    manifests = sorted(tables.glob("*.shards.json"))
+    assert {m.name for m in manifests} == {
+        "study_images.shards.json",
+        "recording_spectrograms.shards.json",
+    }
+    for manifest in manifests:
+        stored = json.loads(manifest.read_text())
+        verify_shards(Path(stored["directory"]), stored["digests"])

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import getpass
 import math
+import posixpath
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -31,6 +33,10 @@ EPSILON = 1e-9
 READY_TIMEOUT_S = 300.0
 _LOGGED_MODEL_URI = re.compile(r"^models:/(m-[0-9a-f]+)$")
 _ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}
+# Set on a version once its artifacts were found complete, so each is inspected only until then.
+VERIFIED_TAG = "clinfuse.artifacts"
+VERIFIED = "verified"
+MLMODEL = "MLmodel"
 
 
 # --- registering -----------------------------------------------------------------------------
@@ -91,9 +97,15 @@ def register_version(
 
     artifact_path_or_model_uri: `models:/m-<id>` (what `log_model` returns in MLflow 3), the
     logged model's name in the run, `runs:/<run_id>/<name>`, or an artifact directory of the run.
+    The version is created only once its artifacts are found whole (RuntimeError otherwise), and
+    earlier versions whose artifacts are missing are dropped first (`drop_broken_versions`).
     """
     _ensure_registered_model(client, model_name)
     source, model_id = _model_source(client, run_id, artifact_path_or_model_uri)
+    problem = _source_problem(client, source, model_id)
+    if problem is not None:  # never a version without its artifacts
+        raise RuntimeError(f"{artifact_path_or_model_uri} cannot be registered: {problem}")
+    drop_broken_versions(client, model_name)
     created = client.create_model_version(
         model_name,
         source,
@@ -104,7 +116,89 @@ def register_version(
     )
     _wait_until_ready(client, created, ready_timeout_s)
     client.set_registered_model_alias(model_name, CHALLENGER, created.version)
+    client.set_model_version_tag(model_name, created.version, VERIFIED_TAG, VERIFIED)
     return client.get_model_version(model_name, created.version)
+
+
+# --- versions whose artifacts are missing ----------------------------------------------------
+
+
+def _source_problem(client: MlflowClient, source: str, model_id: str | None) -> str | None:
+    """Why the artifacts at `source` are not whole, or None when they are.
+
+    A logged model is whole once MLflow marked it READY (log_model does so after the upload)
+    and its MLmodel file and every artifact its pyfunc flavour names are there. A plain
+    artifact directory of a run (no logged model) must hold something, and an MLmodel in it
+    must be whole too.
+    """
+    if model_id is not None:
+        try:
+            logged = client.get_logged_model(model_id)
+        except MlflowException:
+            return f"logged model {model_id} does not exist"
+        if str(logged.status) != "READY":
+            return f"logged model {model_id} is {logged.status} (its upload never finished)"
+        source = logged.artifact_location
+    return _missing_files(source.rstrip("/"), needs_mlmodel=model_id is not None)
+
+
+def _listed(uri: str) -> set[str]:
+    import mlflow
+
+    return {posixpath.basename(e.path) for e in mlflow.artifacts.list_artifacts(artifact_uri=uri)}
+
+
+def _missing_files(uri: str, needs_mlmodel: bool) -> str | None:
+    import mlflow
+
+    present = _listed(uri)
+    if not present:
+        return f"no artifacts under {uri}"
+    if MLMODEL not in present:
+        return f"no {MLMODEL} under {uri}" if needs_mlmodel else None
+    try:
+        model = yaml.safe_load(mlflow.artifacts.load_text(f"{uri}/{MLMODEL}")) or {}
+    except Exception:  # noqa: BLE001 - unreadable or not YAML: the model is not whole
+        return f"{MLMODEL} under {uri} cannot be read"
+    flavor = (model.get("flavors") or {}).get("python_function") or {}
+    for name, artifact in sorted((flavor.get("artifacts") or {}).items()):
+        folder, file = posixpath.split(str(artifact.get("path", "")))
+        if file not in _listed(f"{uri}/{folder}".rstrip("/")):
+            return f"artifact {name} ({artifact.get('path')}) is missing under {uri}"
+    return None
+
+
+def version_problem(client: MlflowClient, version: ModelVersion) -> str | None:
+    """Why a registered version cannot be loaded, or None."""
+    if version.status != "READY":  # e.g. PENDING_REGISTRATION left by a killed copy
+        return f"status {version.status}"
+    uri = client.get_model_version_download_uri(version.name, version.version)
+    return _source_problem(client, uri, getattr(version, "model_id", None))
+
+
+def drop_broken_versions(client: MlflowClient, model_name: str) -> list[str]:
+    """Deletes the versions of `model_name` whose artifacts are missing; returns their numbers.
+
+    Such a version is what a run killed while a remote registry copied its model leaves behind
+    (or a deleted artifact store); serving or re-scoring it could only fail. A version holding
+    `champion` is never deleted (what serves is a person's call): it is tagged, and the gate's
+    re-scoring of it fails loudly. Versions once found whole are not inspected again.
+    """
+    dropped = []
+    # From the model, not the versions: search results do not carry their aliases.
+    champion = client.get_registered_model(model_name).aliases.get(CHAMPION)
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        if version.tags.get(VERIFIED_TAG) == VERIFIED:
+            continue
+        problem = version_problem(client, version)
+        if problem is None:
+            client.set_model_version_tag(model_name, version.version, VERIFIED_TAG, VERIFIED)
+        elif str(version.version) == str(champion):
+            client.set_model_version_tag(model_name, version.version, VERIFIED_TAG, problem)
+        else:
+            client.delete_model_version(model_name, version.version)
+            dropped.append(str(version.version))
+    return dropped
 
 
 def champion_version(client: MlflowClient, model_name: str) -> ModelVersion | None:

@@ -60,6 +60,9 @@ NOT_DICOM = "not a DICOM file"
 NO_PIXEL_DATA = "no pixel data"
 UNSUPPORTED_TRANSFER_SYNTAX = "unsupported transfer syntax"
 UNDECODABLE_PIXELS = "undecodable pixel data"
+DECODER_CRASHED = "decoder crashed"  # the worker process died decoding the file (a segfault, OOM)
 NOT_AUDIO = "not an audio file"
 EMPTY_RECORDING = "empty recording"
 MISSING_FILE = "missing file"
+# A link or a manifest path that resolves outside the landing zone: never opened (paths.py).
+OUTSIDE_LANDING_ZONE = "outside landing zone"

@@ -7,7 +7,7 @@ Accounting (../shared/cli-and-report.md): `seen` is the number of manifest data 
 row ends either in the index or in the rejects. Which source a reject names:
 
 - `audio/<path>` when the file itself is bad: "not an audio file", "truncated file",
-  "empty recording".
+  "empty recording", "decoder crashed" (decoding it killed the worker process).
 - `audio/manifest.csv:N` (1-based data row) when the row is the problem: "missing file",
   "missing <column>" / "bad <column>" (path, subject_id, recorded_at, hadm_id), and also
   "unknown patient", "unknown admission", "no admission" and "duplicate recording". A link
@@ -36,6 +36,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -44,10 +45,12 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from clinfuse.assets.ingest.audio.manifest import read_manifest, read_manifest_records
+from clinfuse.assets.ingest.audio.manifest import file_problem, read_manifest, read_manifest_records
 from clinfuse.assets.ingest.linking import link_to_admissions
+from clinfuse.assets.ingest.paths import walk_entries
 from clinfuse.assets.ingest.pool import process_pool
 from clinfuse.assets.ingest.quarantine import (
+    DECODER_CRASHED,
     DUPLICATE_RECORDING,
     EMPTY_RECORDING,
     MISSING_FILE,
@@ -78,7 +81,7 @@ INDEX_DTYPES = {
     "slot": "int64",
 }
 # Reasons that describe the file, so the reject names the file rather than the manifest row.
-FILE_REASONS = (NOT_AUDIO, TRUNCATED_FILE, EMPTY_RECORDING)
+FILE_REASONS = (NOT_AUDIO, TRUNCATED_FILE, EMPTY_RECORDING, DECODER_CRASHED)
 BATCH = 8  # files per pool task
 IN_FLIGHT = 3  # batches per worker queued or running
 
@@ -268,34 +271,78 @@ def _single_threaded() -> contextlib.AbstractContextManager:
 
 
 def _outcomes(
-    jobs: list[tuple[int, str]], settings: AudioSettings, workers: int
+    jobs: list[tuple[int, str]],
+    settings: AudioSettings,
+    workers: int,
+    examine: Callable[[list[str], AudioSettings], list[_Outcome]] = examine_files,
 ) -> Iterator[tuple[int, _Outcome]]:
-    """(key, outcome) in the order of `jobs`.
+    """(key, outcome) in the order of `jobs`; `examine` decodes a batch (tests pass a crasher).
 
     At most IN_FLIGHT batches per worker are queued or running: a result holds BATCH small
     spectrograms, so memory stays flat however many files there are, and waiting on the oldest
-    batch keeps the output order fixed.
+    batch keeps the output order fixed. A worker that dies (libsndfile or a codec crashing on a
+    hostile file, the kernel's OOM killer) breaks the pool: the oldest batch then runs one file
+    per fresh process, the file that kills its process is rejected "decoder crashed", and a new
+    pool takes the rest (as the DICOM reader does).
     """
     workers = min(workers, math.ceil(len(jobs) / BATCH))
     if workers <= 1:
         for key, path in jobs:
-            yield key, examine_file(path, settings)
+            yield key, examine([path], settings)[0]
         return
-    batches = (jobs[at : at + BATCH] for at in range(0, len(jobs), BATCH))
-    with process_pool(workers) as pool:  # pool.py: a fork server shared with DICOM
+    batches: Iterator[list[tuple[int, str]]] = (
+        jobs[at : at + BATCH] for at in range(0, len(jobs), BATCH)
+    )
+    pending: deque[tuple[list[tuple[int, str]], Future[list[_Outcome]]]] = deque()
+    pool = process_pool(workers)  # pool.py: a fork server shared with DICOM
+    try:
+        while True:
+            while len(pending) < IN_FLIGHT * workers and (batch := next(batches, None)):
+                pending.append((batch, pool.submit(examine, [p for _, p in batch], settings)))
+            if not pending:
+                return
+            batch, future = pending.popleft()
+            try:
+                outcomes = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(cancel_futures=True)
+                outcomes = [_isolated(examine, path, settings) for _, path in batch]
+                batches = itertools.chain([b for b, _ in pending], batches)
+                pending.clear()
+                pool = process_pool(workers)
+            yield from zip([key for key, _ in batch], outcomes, strict=True)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
-        def submit(batch: list[tuple[int, str]]) -> tuple[list[int], Future[list[_Outcome]]]:
-            keys, paths = zip(*batch, strict=True)
-            return list(keys), pool.submit(examine_files, list(paths), settings)
 
-        pending = deque(submit(batch) for batch in itertools.islice(batches, IN_FLIGHT * workers))
-        while pending:
-            keys, future = pending.popleft()
-            outcomes = future.result()
-            following = next(batches, None)
-            if following is not None:
-                pending.append(submit(following))
-            yield from zip(keys, outcomes, strict=True)
+def _isolated(
+    examine: Callable[[list[str], AudioSettings], list[_Outcome]],
+    path: str,
+    settings: AudioSettings,
+) -> _Outcome:
+    """One file in a process of its own: if that process dies, the file is what killed it."""
+    pool = process_pool(1)
+    try:
+        return pool.submit(examine, [path], settings).result()[0]
+    except BrokenProcessPool:
+        _require_working_pool()  # a pool that cannot start at all is no fault of the file
+        # Hashed here (streamed, no decoding) so that a copy of the file under another row is
+        # still a "duplicate recording", not a second crash.
+        with contextlib.suppress(OSError):
+            return _Outcome(file_sha256(Path(path)), None, DECODER_CRASHED)
+        return _Outcome(None, None, DECODER_CRASHED)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _require_working_pool() -> None:
+    pool = process_pool(1)
+    try:
+        pool.submit(os.getpid).result()
+    except BrokenProcessPool:
+        raise RuntimeError("audio worker processes cannot start") from None
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 # --- the ingest ---------------------------------------------------------------------------------
@@ -378,20 +425,22 @@ def _unlisted_files(audio_root: Path, rows: pd.DataFrame) -> list[str]:
     if not audio_root.is_dir():
         return []
     named = set(rows["path"].dropna())
-    found = (
+    found = (  # listed, never followed: a linked folder is not entered (paths.py)
         path.relative_to(audio_root).as_posix()
-        for path in audio_root.rglob("*")
-        if path.is_file() and path != audio_root / "manifest.csv"
+        for path in walk_entries(audio_root)
+        if path != audio_root / "manifest.csv"
     )
     return sorted(f"audio/{name}" for name in found if name not in named)
 
 
 def _check_files(rows: pd.DataFrame, audio_root: Path) -> pd.DataFrame:
-    """A row whose own fields are fine but whose file is not there -> "missing file"."""
+    """A row whose own fields are fine but whose file resolves outside the landing zone ->
+    "outside landing zone" (never opened), or is not there -> "missing file"."""
     rows = rows.copy()
     fine = rows["problem"].isna()
-    exists = rows.loc[fine, "path"].map(lambda rel: (audio_root / rel).is_file()).astype(bool)
-    rows.loc[exists.index[~exists], "problem"] = MISSING_FILE
+    problems = rows.loc[fine, "path"].map(lambda rel: file_problem(audio_root, rel))
+    problems = problems[problems.notna()]
+    rows.loc[problems.index, "problem"] = problems
     return rows
 
 

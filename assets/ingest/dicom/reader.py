@@ -10,8 +10,11 @@ them ends either in `index` or in `rejects` with its path as source. Rejected ma
 (source `dicom/manifest.csv:N`) are in `rejects` too but are not files: they do not count in seen.
 
 A file is rejected, in this order, when it
+- resolves outside the landing zone (a link out of it, or into a linked folder): "outside
+  landing zone", and none of its bytes is read (paths.py; a link into the zone is read);
 - cannot be read as DICOM: "truncated file", "not a DICOM file", "no pixel data",
-  "unsupported transfer syntax[: name]" (no decoder installed), "undecodable pixel data[: what]";
+  "unsupported transfer syntax[: name]" (no decoder installed), "undecodable pixel data[: what]",
+  "decoder crashed" (decoding it killed the worker process);
 - cannot be linked (`link_to_admissions`): "unknown patient" (PatientID not an integer or not
   in patients; a manifest row overrides it), "unknown admission" (a manifest hadm_id that is not
   the patient's), "no admission" (no admission of the patient holds the study time, or there is
@@ -40,10 +43,13 @@ from clinfuse.assets.ingest.dicom.header import Header, parse_dicom, quiet, read
 from clinfuse.assets.ingest.dicom.manifest import MANIFEST, ManifestEntry, read_manifest
 from clinfuse.assets.ingest.dicom.pixels import DEFAULT_MAX_IMAGE_MB, ImageError, dataset_image
 from clinfuse.assets.ingest.linking import link_to_admissions
+from clinfuse.assets.ingest.paths import Zone, read_regular, walk_entries
 from clinfuse.assets.ingest.pool import process_pool
 from clinfuse.assets.ingest.quarantine import (
+    DECODER_CRASHED,
     DUPLICATE_INSTANCE,
     NOT_DICOM,
+    OUTSIDE_LANDING_ZONE,
     UNDECODABLE_PIXELS,
     Reject,
     rejects_frame,
@@ -151,11 +157,15 @@ def ingest_dicom(
 
 
 def discover(dicom_dir: Path) -> list[str]:
-    """Every file under dicom/ except the top-level manifest, relative to dicom/, sorted."""
+    """Every file under dicom/ except the top-level manifest, relative to dicom/, sorted.
+
+    Links are files here, whatever they point to (read_file decides); a linked folder is never
+    entered, so a link out of the zone or a link loop costs one entry (paths.walk_entries).
+    """
     if not dicom_dir.is_dir():
         return []
     manifest = dicom_dir / MANIFEST
-    found = (p for p in dicom_dir.rglob("*") if p.is_file() and p != manifest)
+    found = (p for p in walk_entries(dicom_dir) if p != manifest)
     return sorted(p.relative_to(dicom_dir).as_posix() for p in found)
 
 
@@ -173,9 +183,19 @@ class FileResult:
     reason: str | None = None
 
 
-def read_file(dicom_dir: str, relative: str, decoding: Decoding) -> FileResult:
+def read_file(
+    dicom_dir: str, relative: str, decoding: Decoding, zone: Zone | None = None
+) -> FileResult:
+    """One file: confined to the landing zone (dicom_dir's parent), hashed, parsed, decoded.
+
+    What is opened is the resolved path that was checked, and only if it is a regular file (a
+    folder link or a FIFO inside the zone is "unreadable", never waited on).
+    """
+    real = (zone or Zone.of(Path(dicom_dir).parent)).real(Path(dicom_dir) / relative)
+    if real is None:
+        return FileResult(relative, reason=OUTSIDE_LANDING_ZONE)
     try:
-        data = (Path(dicom_dir) / relative).read_bytes()
+        data = read_regular(real)
     except OSError:
         return FileResult(relative, reason=f"{NOT_DICOM}: unreadable")
     digest = hashlib.sha256(data).hexdigest()
@@ -192,7 +212,8 @@ def read_file(dicom_dir: str, relative: str, decoding: Decoding) -> FileResult:
 
 
 def read_chunk(dicom_dir: str, relatives: list[str], decoding: Decoding) -> list[FileResult]:
-    return [read_file(dicom_dir, relative, decoding) for relative in relatives]
+    zone = Zone.of(Path(dicom_dir).parent)  # once per chunk: a few realpath calls
+    return [read_file(dicom_dir, relative, decoding, zone) for relative in relatives]
 
 
 # --- the pool --------------------------------------------------------------------------------
@@ -229,7 +250,7 @@ def ordered_map(
     At most 3 chunks per worker are in flight, so memory does not grow with the file count. A
     worker that dies (a decoder crashing on a hostile codestream) breaks the pool: the oldest
     chunk then runs one file per fresh process, the file that kills its process is rejected
-    "undecodable pixel data", and a new pool takes the rest.
+    "decoder crashed", and a new pool takes the rest.
     """
     todo: Iterator[list[str]] = iter(chunks)
     pending: deque[tuple[list[str], Future[list[FileResult]]]] = deque()
@@ -265,7 +286,7 @@ def _isolated(
         return pool.submit(function, dicom_dir, [path], decoding).result()[0]
     except BrokenProcessPool:
         _require_working_pool()  # a pool that cannot start at all is no fault of the file
-        return FileResult(path, reason=f"{UNDECODABLE_PIXELS}: decoder crashed")
+        return FileResult(path, reason=DECODER_CRASHED)
     finally:
         pool.shutdown(cancel_futures=True)
 
