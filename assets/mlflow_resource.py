@@ -1,4 +1,14 @@
-"""MLflow as a Dagster resource: tracking URI, artifact root, experiment."""
+"""MLflow as a Dagster resource: tracking URI, artifact root, experiment.
+
+No credentials here. A tracking server with authentication takes them from the environment of
+every clinfuse process, where MLflow's client reads them itself: MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD (basic auth) or MLFLOW_TRACKING_TOKEN (docs/deploy.md). Dagster shows
+a resource's configuration in its UI and stores it with every run, so a URI that carries a
+password (a database URI) never goes into `tracking_uri` as text: it comes through
+$MLFLOW_TRACKING_URI (read when `tracking_uri` is empty, the default), or as
+`dg.EnvVar("MLFLOW_TRACKING_URI")`, which Dagster records by name only. tests/test_crashes.py
+checks that no tracked file holds a secret.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+SERVER_SCHEMES = ("http", "https", "databricks")
+
 
 class MLflowResource(dg.ConfigurableResource):
     """Tracking and registry. Defaults to SQLite under the work directory (embedded mode).
@@ -20,6 +32,13 @@ class MLflowResource(dg.ConfigurableResource):
     tracking_uri: str = Field(default="", description="Empty: $MLFLOW_TRACKING_URI or SQLite.")
     workdir: str = Field(description="Where the default SQLite store and artifacts live.")
     experiment: str = "clinfuse"
+    artifact_location: str = Field(
+        default="",
+        description=(
+            "Where a new experiment keeps its artifacts (file:/..., s3://...). Empty: "
+            "<workdir>/mlartifacts with a database store, the tracking server's own with a server."
+        ),
+    )
 
     @property
     def uri(self) -> str:
@@ -32,6 +51,12 @@ class MLflowResource(dg.ConfigurableResource):
     @property
     def artifact_root(self) -> str:
         return (Path(self.workdir).resolve() / "mlartifacts").as_uri()
+
+    def _default_artifacts(self) -> str | None:
+        # A database store (SQLite, Postgres, ...) has no artifact root of its own: MLflow would
+        # fall back to ./mlruns wherever the process started. A server decides for itself.
+        scheme = self.uri.split(":", 1)[0].lower()
+        return None if scheme in SERVER_SCHEMES else self.artifact_root
 
     def client(self):
         from mlflow import MlflowClient
@@ -68,7 +93,7 @@ class MLflowResource(dg.ConfigurableResource):
         found = client.get_experiment_by_name(self.experiment)
         if found is not None:
             return found.experiment_id
-        location = self.artifact_root if self.uri.startswith("sqlite:") else None
+        location = self.artifact_location or self._default_artifacts()
         return client.create_experiment(self.experiment, artifact_location=location)
 
     @contextmanager

@@ -192,3 +192,13 @@ def test_gate(challenger, champion, promoted):
 def test_gate_tolerances_are_parameters():
     assert decide_promotion({"auroc": 0.75, "ece": 0.05}, GOOD, auroc_tolerance=0.05).promote
     assert not decide_promotion({"auroc": 0.80, "ece": 0.06}, GOOD, ece_tolerance=0.0).promote
+
+
+def test_a_password_in_the_tracking_uri_never_reaches_the_report():
+    from clinfuse.assets.evaluation.registry_assets import without_password
+
+    assert without_password("postgresql://u:s3cret@db:5432/mlflow") == (
+        "postgresql://u:***@db:5432/mlflow"
+    )
+    for plain in ("sqlite:////w/mlflow.db", "postgresql://u@db/mlflow", "http://127.0.0.1:5000"):
+        assert without_password(plain) == plain

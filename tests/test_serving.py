@@ -314,3 +314,70 @@ def test_an_empty_request_gets_an_empty_answer(champion):
     out = champion.predict(pd.DataFrame({"hadm_id": pd.Series([], dtype="int64")}))
     assert list(out.columns) == OUTPUT_COLUMNS and len(out) == 0
     assert np.asarray(out["p_fusion"]).dtype == np.float64
+
+
+# --- limits.max_request_mb ------------------------------------------------------------------
+
+LIMIT_MB = 0.1  # small, so that a test request can exceed it
+
+
+@pytest.fixture(scope="module")
+def limited(pipeline_run, tmp_path_factory) -> mlflow.pyfunc.PyFuncModel:
+    """The champion as a run with `limits: {max_request_mb: LIMIT_MB}` would have registered it:
+    its own artifacts, with the stored settings.json saying so."""
+    block = pipeline_run["report"]["mlflow"]
+    store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(pipeline_run["workdir"]))
+    with store.activated():
+        local = mlflow.artifacts.download_artifacts(
+            f"models:/{block['model_name']}@champion", dst_path=str(tmp_path_factory.mktemp("m"))
+        )
+    stored = Path(local) / "artifacts" / "settings.json"
+    settings = json.loads(stored.read_text())
+    assert settings["limits"]["max_request_mb"] == 64.0  # the run's (default) value was stored
+    settings["limits"]["max_request_mb"] = LIMIT_MB
+    stored.write_text(json.dumps(settings))
+    return mlflow.pyfunc.load_model(local)
+
+
+def test_the_stored_request_limit_is_the_one_the_served_model_applies(champion, limited):
+    assert champion.unwrap_python_model().settings.limits.max_request_mb == 64.0
+    assert limited.unwrap_python_model().settings.limits.max_request_mb == LIMIT_MB
+
+
+def test_an_input_over_the_request_limit_is_refused_and_the_rest_scored(
+    limited, admission, files, opened
+):
+    oversize = _b64(bytes(int(LIMIT_MB * 2**20) + 1))  # refused before anything decodes it
+    image = files["image"].read_bytes()
+    rows = [
+        {**admission, "recording_b64": oversize},
+        admission,
+        {**admission, "image_b64": _b64(image)},
+    ]
+    out = _score(limited, rows)
+    assert out["errors"].iloc[0] == [
+        f"recording_b64 was refused: it is larger than limits.max_request_mb = {LIMIT_MB:g} MB."
+    ]
+    assert out["p_fusion"].iloc[0] == pytest.approx(out["p_fusion"].iloc[1])  # as if missing
+    assert out["errors"].iloc[1] == out["errors"].iloc[2] == []
+    assert opened == [image]  # the film under the limit was read; the oversize input never
+
+
+def test_a_request_over_the_limit_is_refused_whole_unless_the_pipeline_scores(
+    limited, admission, files, opened
+):
+    """Every row says so and has no score; nothing is decoded. The promotion gate re-scoring
+    its own cohort (inside reading_from) is no request and is scored as usual."""
+    image = _b64(files["image"].read_bytes())
+    count = math.ceil(LIMIT_MB * 2**20 / len(image)) + 1
+    rows = pd.DataFrame([{**admission, "image_b64": image}] * count)
+    out = limited.predict(rows)
+    assert len(out) == count and out["p_fusion"].isna().all()
+    (sentence,) = out["errors"].iloc[0]
+    assert sentence.startswith("the request was refused") and f"= {LIMIT_MB:g} MB" in sentence
+    assert all(errors == [sentence] for errors in out["errors"])
+    assert opened == []
+    with serve_inputs.reading_from(files["root"]):
+        scored = _score(limited, rows.to_dict("records"))
+    assert all(errors == [] for errors in scored["errors"])
+    np.testing.assert_allclose(scored["p_fusion"], scored["p_fusion"].iloc[0])  # the same row

@@ -4,7 +4,9 @@ Artifacts carry the state: the fused model (the chosen per-modality learners, th
 and its calibration, saved by joblib from this project's own classes), the fitted lab featurizer
 and note embedder, and the run's settings. Input: one admission per
 row (serving.INPUT_COLUMNS); output: one row per input row, `p_fusion` (the probability of the
-target) and `errors` (a sentence per input the row could not use; serve_inputs.py).
+target) and `errors` (a sentence per input the row could not use; serve_inputs.py). A request
+whose inputs together exceed the stored settings' limits.max_request_mb is refused whole: every
+row gets p_fusion NaN and the sentence saying so (serve_inputs.request_refusal).
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ class ClinfuseModel(mlflow.pyfunc.PythonModel):
         if not len(rows):  # no admissions, no batch: the featurizers want at least one row
             return pd.DataFrame({c: [] for c in OUTPUT_COLUMNS}).astype({"p_fusion": "float64"})
         request = serving_request(rows, self.lab_state, self.text_state, self.settings)
-        probabilities = self.model.predict_proba(BatchSource(request.batch))
+        if request.batch is None:  # over limits.max_request_mb: nothing was read, none scored
+            probabilities = np.full(len(rows), np.nan)
+        else:
+            probabilities = self.model.predict_proba(BatchSource(request.batch))
         return pd.DataFrame(
             {"p_fusion": np.asarray(probabilities, dtype=np.float64), "errors": request.errors}
         )

@@ -3,6 +3,7 @@
 import hashlib
 import json
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 import numpy as np
@@ -38,6 +39,18 @@ def model_name(settings: PipelineSettings) -> str:
 def landing_fingerprint(root: Path) -> str:
     """sha256 over (path, size) of every landing-zone file: which export a model saw."""
     return hashlib.sha256(json.dumps(sorted(scan_landing(root).items())).encode()).hexdigest()
+
+
+def without_password(uri: str) -> str:
+    """The tracking URI as report.json and Dagster metadata may show it: a password in it (a
+    user's `postgresql://user:secret@host/db`) becomes `***`."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{parts.username}:***@{host}{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def input_example() -> pd.DataFrame:
@@ -109,7 +122,7 @@ def registered_model(
     card = evaluation["model_card"].replace(VERSION_PLACEHOLDER, str(version.version))
     client.update_model_version(name, version.version, description=card)
     result = {
-        "tracking_uri": mlflow.uri,
+        "tracking_uri": without_password(mlflow.uri),
         "model_name": name,
         "version": str(version.version),
         "aliases": sorted(version.aliases),

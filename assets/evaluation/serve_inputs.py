@@ -10,6 +10,13 @@ named by CLINFUSE_SERVE_ROOT in the server's environment (a relative path is tak
 folder). That check comes before anything touches the file, so a refused path is never opened and
 the answer does not tell whether it exists. Decoding goes through the ingest readers (load_image,
 load_recording): the same tensor, and the same size limits, as in the pipeline.
+
+Request size (`limits.max_request_mb` of the run's settings, stored with the model): one input
+larger than that on its own is refused, in its row's errors, before it is decoded; a request
+whose inputs together exceed it is refused as a whole (`request_refusal`: every row gets the
+sentence and no score), unless it is the pipeline scoring its own landing zone (`reading_from`).
+Sizes are what the request carries: text in UTF-8 bytes (base64 included), 8 bytes for any
+other value; a path's file counts against `limits.max_image_mb` or the audio prefix, not here.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ import binascii
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -37,6 +45,9 @@ from clinfuse.assets.settings import Settings
 SERVE_ROOT_ENV = "CLINFUSE_SERVE_ROOT"
 NOUNS = {"image": "a DICOM image", "recording": "an audio recording"}
 LAB_SHAPE = "{itemid, charttime, valuenum}"
+MB = 2**20  # as limits.max_image_mb
+# True inside reading_from: the pipeline scores its own cohort, no request from outside.
+_PIPELINE_SCORING: ContextVar[bool] = ContextVar("pipeline_scoring", default=False)
 
 Lab = tuple[int, pd.Timestamp, float]  # itemid, charttime, valuenum (NaN: a text result)
 
@@ -69,12 +80,19 @@ def serve_root() -> Path | None:
 @contextmanager
 def reading_from(root: Path) -> Iterator[None]:
     """CLINFUSE_SERVE_ROOT = root for the block: the pipeline scoring a model in-process on its
-    own landing zone (serving_frame's paths) reads those files as a server over it would."""
+    own landing zone (serving_frame's paths) reads those files as a server over it would.
+
+    The whole-request size limit is off in the block: the promotion gate re-scores a whole
+    validation and test cohort in one call, which is no request from outside (the limit on each
+    single input still holds).
+    """
     before = os.environ.get(SERVE_ROOT_ENV)
     os.environ[SERVE_ROOT_ENV] = str(root)
+    token = _PIPELINE_SCORING.set(True)
     try:
         yield
     finally:
+        _PIPELINE_SCORING.reset(token)
         if before is None:
             os.environ.pop(SERVE_ROOT_ENV, None)
         else:
@@ -84,6 +102,7 @@ def reading_from(root: Path) -> Iterator[None]:
 def read_row(row: Mapping[str, Any], settings: Settings, root: Path | None) -> RowInputs:
     """Every input of one row; what it cannot use is in `errors`, one sentence per input."""
     out = RowInputs()
+    row = _within_limit(row, settings.limits.max_request_mb, out.errors)
     take = partial(_take, out.errors)
     out.admittime = take(_time, "admittime", row.get("admittime"))
     out.gender = take(_text, "gender", row.get("gender"))
@@ -101,6 +120,56 @@ def read_row(row: Mapping[str, Any], settings: Settings, root: Path | None) -> R
         row, "recording", lambda s: load_recording(s, settings.audio), root, out.errors
     )
     return out
+
+
+# --- size ----------------------------------------------------------------------------------------
+
+
+def value_bytes(value: object) -> int:
+    """What one request value weighs: text in UTF-8 bytes, bytes as they are, else 8."""
+    if isinstance(value, str):
+        # isascii is a scan, not a copy: base64 and most text never need encoding to be measured
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, list | dict):  # labs given as JSON values rather than text
+        return len(json.dumps(value, default=str))
+    return 8
+
+
+def _too_large(value: object, max_mb: float) -> bool:
+    return not missing(value) and value_bytes(value) > max_mb * MB
+
+
+def _within_limit(row: Mapping[str, Any], max_mb: float, errors: list[str]) -> dict[str, Any]:
+    """The row with each input larger than the limit on its own refused (None), and why."""
+    kept = dict(row)
+    for name, value in row.items():
+        if _too_large(value, max_mb):
+            errors.append(
+                f"{name} was refused: it is larger than limits.max_request_mb = {max_mb:g} MB."
+            )
+            kept[name] = None
+    return kept
+
+
+def request_refusal(records: Sequence[Mapping[str, Any]], max_mb: float) -> str | None:
+    """The sentence refusing the whole request when its inputs (less those refused on their
+    own) together exceed the limit; None when it is within it, or the pipeline is scoring."""
+    if _PIPELINE_SCORING.get():
+        return None
+    total = sum(
+        value_bytes(value)
+        for record in records
+        for value in record.values()
+        if not missing(value) and not _too_large(value, max_mb)
+    )
+    if total <= max_mb * MB:
+        return None
+    return (
+        f"the request was refused: its inputs come to {total / MB:,.1f} MB, more than "
+        f"limits.max_request_mb = {max_mb:g} MB; send fewer rows per request."
+    )
 
 
 def missing(value: object) -> bool:
@@ -264,4 +333,14 @@ def _inside_root(name: str, value: object, root: Path | None) -> Path:
     return resolved
 
 
-__all__ = ["SERVE_ROOT_ENV", "RowInputs", "missing", "read_row", "reading_from", "serve_root"]
+__all__ = [
+    "MB",
+    "SERVE_ROOT_ENV",
+    "RowInputs",
+    "missing",
+    "read_row",
+    "reading_from",
+    "request_refusal",
+    "serve_root",
+    "value_bytes",
+]

@@ -25,7 +25,12 @@ import torch
 
 from clinfuse.assets.cohort.availability import latest_in_window
 from clinfuse.assets.cohort.window import allowed_notes, in_window, read_window_labs
-from clinfuse.assets.evaluation.serve_inputs import RowInputs, read_row, serve_root
+from clinfuse.assets.evaluation.serve_inputs import (
+    RowInputs,
+    read_row,
+    request_refusal,
+    serve_root,
+)
 from clinfuse.assets.features.labs import LabFeaturizer
 from clinfuse.assets.features.text import NoteEmbedder
 from clinfuse.assets.settings import Settings
@@ -54,8 +59,13 @@ LAB_COLUMNS = ["hadm_id", "subject_id", "itemid", "charttime", "valuenum"]
 
 @dataclass
 class ServingRequest:
-    batch: dict  # the model's batch (serving_batch)
+    batch: dict | None  # the model's batch (serving_batch); None when the request was refused
     errors: list[list[str]]  # per row: a sentence per input it could not use
+
+    @property
+    def refused(self) -> bool:
+        """The whole request was over limits.max_request_mb: no row is scored."""
+        return self.batch is None
 
 
 def serving_signature() -> ModelSignature:
@@ -78,9 +88,13 @@ def serving_signature() -> ModelSignature:
 def serving_request(
     rows: pd.DataFrame, lab_state: dict, text_state: dict, settings: Settings
 ) -> ServingRequest:
-    """Each row's inputs read on its own (what it cannot use is in its errors), then the batch."""
+    """Each row's inputs read on its own (what it cannot use is in its errors), then the batch;
+    nothing is read of a request over limits.max_request_mb (serve_inputs.request_refusal)."""
     root = serve_root()
     records = rows.reindex(columns=INPUT_COLUMNS).to_dict("records")
+    refusal = request_refusal(records, settings.limits.max_request_mb)
+    if refusal is not None:
+        return ServingRequest(None, [[refusal] for _ in records])
     inputs = [read_row(record, settings, root) for record in records]
     batch = _batch(inputs, lab_state, text_state, settings)
     return ServingRequest(batch, [row.errors for row in inputs])
@@ -91,7 +105,10 @@ def serving_batch(
 ) -> dict:
     """The model's batch for these admissions, preprocessed exactly as in the pipeline: a
     tensor per modality, the mask, and `notes` (each admission's text, or None)."""
-    return serving_request(rows, lab_state, text_state, settings).batch
+    request = serving_request(rows, lab_state, text_state, settings)
+    if request.batch is None:
+        raise ValueError(request.errors[0][0])
+    return request.batch
 
 
 def _batch(inputs: list[RowInputs], lab_state: dict, text_state: dict, settings: Settings) -> dict:
@@ -101,7 +118,9 @@ def _batch(inputs: list[RowInputs], lab_state: dict, text_state: dict, settings:
     cohort, patients = _admissions(inputs, keys)
     window_labs = in_window(_labs(inputs), cohort, "charttime", settings.window_hours)
     ehr = LabFeaturizer.from_dict(lab_state).transform(window_labs, cohort, patients)
-    notes = [row.notes for row in inputs]
+    from clinfuse.assets.ingest.ehr.deid import deidentify_texts  # Presidio: ~1 s to import
+
+    notes = deidentify_texts([row.notes for row in inputs])  # before any use (docs/privacy.md)
     text = NoteEmbedder.from_state(text_state).transform(
         pd.Series(notes, index=keys, dtype=object).dropna(), keys
     )
