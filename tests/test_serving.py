@@ -276,6 +276,8 @@ def test_make_serve_answers_the_readme_request(pipeline_run, tmp_path):
     audio = pd.read_parquet(pipeline_run["workdir"] / "tables" / "recording_index.parquet")
     payload = _readme_request(index["path"].iloc[0], workdir / "landing" / audio["path"].iloc[0])
     payload["dataframe_records"].append({"hadm_id": 2, "image_path": "/etc/passwd"})
+    hadm_id, as_bytes = _test_admission_as_base64(pipeline_run)
+    payload["dataframe_records"].append(as_bytes)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", SERVE_ROOT_ENV)}
     # A fresh shell's PATH: no venv on it (make serve must put it there for uvicorn).
     env["PATH"] = os.pathsep.join(
@@ -294,11 +296,44 @@ def test_make_serve_answers_the_readme_request(pipeline_run, tmp_path):
         answer = _post(port, payload)
     finally:
         _stop(server)
-    good, refused = answer["predictions"]
+    good, refused, sent_as_bytes = answer["predictions"]
     assert set(good) == set(refused) == set(OUTPUT_COLUMNS)
+    # The admission sent with its film and recording as base64 scores as the pipeline scored it.
+    predictions = pd.read_parquet(pipeline_run["report"]["predictions_path"])
+    expected = predictions.set_index("hadm_id").loc[hadm_id, "p_fusion"]
+    assert sent_as_bytes["errors"] == []
+    assert sent_as_bytes["p_fusion"] == pytest.approx(expected, abs=1e-5)
     assert good["errors"] == [], log.read_text()[-3000:]
     assert 0.0 < good["p_fusion"] < 1.0 and 0.0 < refused["p_fusion"] < 1.0
     assert len(refused["errors"]) == 1 and refused["errors"][0].startswith("image_path")
+
+
+def _test_admission_as_base64(pipeline_run) -> tuple[int, dict]:
+    """A test admission as the pipeline's own serving rows give it, its film and recording sent
+    as bytes (base64) rather than paths: one that has both when the tiny cohort holds one."""
+    from clinfuse.assets.settings import Settings
+
+    tables, landing = pipeline_run["workdir"] / "tables", pipeline_run["landing"]
+    cohort = pd.read_parquet(tables / "cohort.parquet")
+    test = cohort[cohort["split"] == "test"].reset_index(drop=True)
+    frame = serving_frame(
+        test,
+        tables / "labevents.parquet",
+        pd.read_parquet(tables / "notes.parquet"),
+        pd.read_parquet(tables / "dicom_index.parquet"),
+        pd.read_parquet(tables / "recording_index.parquet"),
+        landing,
+        Settings().window_hours,
+    )
+    both = frame["image_path"].notna() & frame["recording_path"].notna()
+    row = frame[both].iloc[0] if both.any() else frame.iloc[0]
+    record = {k: (None if pd.isna(v) else v) for k, v in row.items()}
+    for kind in ("image", "recording"):
+        path = record.pop(f"{kind}_path")
+        if path is not None:
+            record[f"{kind}_b64"] = _b64((landing / path).read_bytes())
+    record = {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
+    return int(row["hadm_id"]), record
 
 
 def _stop(server: subprocess.Popen) -> None:
