@@ -304,7 +304,9 @@ def _patient(number: int) -> dict[str, str]:
         "last": f"Zqlast{code}",
         "phone": f"(617) 555-{7000 + number:04d}",
         "email": f"zqpatient{code}@zqmail.com",
-        "mrn": f"MRN 4{number:07d}",
+        # Ten digits in no round pattern: "40000000" turned up by chance in Dagster's own run
+        # database (a number, not a leak); a marker must be something nothing else writes.
+        "mrn": f"MRN 97{number:03d}{number * 7919 % 1000:03d}31",
     }
 
 
