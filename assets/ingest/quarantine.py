@@ -60,6 +60,8 @@ NOT_DICOM = "not a DICOM file"
 NO_PIXEL_DATA = "no pixel data"
 UNSUPPORTED_TRANSFER_SYNTAX = "unsupported transfer syntax"
 UNDECODABLE_PIXELS = "undecodable pixel data"
+# A DICOM whose header declares more pixel data than limits.max_image_mb: never decoded.
+IMAGE_TOO_LARGE = "image too large"
 DECODER_CRASHED = "decoder crashed"  # the worker process died decoding the file (a segfault, OOM)
 NOT_AUDIO = "not an audio file"
 EMPTY_RECORDING = "empty recording"

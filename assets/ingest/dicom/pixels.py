@@ -47,6 +47,7 @@ from pydicom.uid import (
 )
 
 from clinfuse.assets.ingest.quarantine import (
+    IMAGE_TOO_LARGE,
     NO_PIXEL_DATA,
     UNDECODABLE_PIXELS,
     UNSUPPORTED_TRANSFER_SYNTAX,
@@ -55,7 +56,6 @@ from clinfuse.assets.ingest.quarantine import (
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float, Double Float Pixel Data
 MAX_FRAME_PIXELS = 1 << 27  # 134 M samples (~11k x 11k RGB): beyond it a header lies
 DEFAULT_MAX_IMAGE_MB = 512.0  # limits.max_image_mb (../shared/cli-and-report.md)
-IMAGE_TOO_LARGE = "image too large"
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 _STANDARD_UID = re.compile(r"1\.2\.840\.10008(\.\d+)+")
 
