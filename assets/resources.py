@@ -15,8 +15,9 @@ from pydantic import Field, create_model
 
 from clinfuse.assets.settings import Settings, field_types, keys, settings_from_dict, to_dict
 
-# The Dagster pool of the stages that decode every image or recording in a pool of all cores:
-# a limit of 1 (docs/dagster.yaml.example) keeps two such stages from oversubscribing them.
+# The Dagster pool of the stages that work in a process pool of every core (dicom_studies,
+# recordings, notes' de-identification): a limit of 1 (docs/dagster.yaml.example) keeps two such
+# stages from oversubscribing the cores under a multiprocess executor.
 DECODE_POOL = "decode"
 
 

@@ -29,8 +29,6 @@ GROUP = "ingest"
         ),
     },
     group_name=GROUP,
-    # Each decodes in a pool of every core: the "decode" pool (limit 1, docs/dagster.yaml.example)
-    # keeps the two from running at once under a multiprocess executor.
     pool=DECODE_POOL,
     deps=["landing_dicom"],
 )
