@@ -16,6 +16,45 @@ TINY_TRAINING = {"epochs": 6, "patience": 3, "width": 16, "batch_size": 32}
 ADMISSIONS = 120
 
 
+def test_split_requests(run: dict, notes=None) -> tuple:
+    """(test cohort, serving frame): a run's test admissions as requests to its served model,
+    built by the pipeline's own `serving_frame` from the run's tables (`notes` replaces the
+    stored notes table, e.g. with the raw text a hospital would send)."""
+    import pandas as pd
+
+    from clinfuse.assets.evaluation.serving import serving_frame
+    from clinfuse.assets.settings import Settings
+
+    tables = run["workdir"] / "tables"
+    cohort = pd.read_parquet(tables / "cohort.parquet")
+    test = cohort[cohort["split"] == "test"].reset_index(drop=True)
+    frame = serving_frame(
+        test,
+        tables / "labevents.parquet",
+        pd.read_parquet(tables / "notes.parquet") if notes is None else notes,
+        pd.read_parquet(tables / "dicom_index.parquet"),
+        pd.read_parquet(tables / "recording_index.parquet"),
+        run["landing"],
+        Settings().window_hours,
+    )
+    return test, frame
+
+
+def load_champion(run: dict):
+    """The champion a run registered, as `mlflow.pyfunc` loads it from the run's own store."""
+    import mlflow
+
+    from clinfuse.assets.mlflow_resource import MLflowResource
+
+    block = run["report"]["mlflow"]
+    store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(run["workdir"]))
+    with store.activated():
+        return mlflow.pyfunc.load_model(f"models:/{block['model_name']}@champion")
+
+
+test_split_requests.__test__ = False  # a helper, not a test
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_environment(tmp_path_factory):
     # Nothing in the suite may reach a network or a user's own MLflow / Dagster setup.

@@ -19,7 +19,6 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +26,7 @@ import pytest
 from clinfuse.assets.features.text import NoteEmbedder, TfidfModel
 from clinfuse.assets.ingest.ehr import deid
 from clinfuse.assets.ingest.ehr.deid import NoteDeidentifier, deidentify_texts
+from tests.conftest import load_champion, test_split_requests
 
 
 @pytest.fixture(scope="module")
@@ -504,32 +504,16 @@ def test_the_champion_scores_raw_notes_as_the_pipeline_scored_de_identified_ones
     planted_run, monkeypatch
 ):
     from clinfuse.assets.evaluation.serve_inputs import SERVE_ROOT_ENV
-    from clinfuse.assets.evaluation.serving import serving_frame
-    from clinfuse.assets.mlflow_resource import MLflowResource
 
     monkeypatch.setenv(SERVE_ROOT_ENV, str(planted_run["landing"]))
-    block, workdir = planted_run["report"]["mlflow"], planted_run["workdir"]
-    tables = workdir / "tables"
-    cohort = pd.read_parquet(tables / "cohort.parquet")
-    test = cohort[cohort["split"] == "test"].reset_index(drop=True)
-    notes = pd.read_parquet(tables / "notes.parquet")
+    workdir = planted_run["workdir"]
+    notes = pd.read_parquet(workdir / "tables" / "notes.parquet")
     files = sorted((planted_run["landing"] / "note").glob("*.csv*"))
     raw = pd.concat([_read(f) for f in files]).set_index("note_id")["text"]
     planted = notes.assign(text=notes["note_id"].map(raw))  # the request as a hospital sends it
     assert planted["text"].notna().all() and not planted["text"].equals(notes["text"])
-    frame = serving_frame(
-        test,
-        tables / "labevents.parquet",
-        planted,
-        pd.read_parquet(tables / "dicom_index.parquet"),
-        pd.read_parquet(tables / "recording_index.parquet"),
-        planted_run["landing"],
-        24.0,
-    )
-    store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(workdir))
-    with store.activated():
-        model = mlflow.pyfunc.load_model(f"models:/{block['model_name']}@champion")
-    served = model.predict(frame)
+    test, frame = test_split_requests(planted_run, notes=planted)
+    served = load_champion(planted_run).predict(frame)
     assert (served["errors"].map(len) == 0).all(), served["errors"].tolist()
     expected = pd.read_parquet(workdir / planted_run["report"]["predictions_path"])
     expected = expected.set_index("hadm_id").loc[test["hadm_id"], "p_fusion"].to_numpy()

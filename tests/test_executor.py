@@ -15,9 +15,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_multiprocess_executor_materializes_ingest_assets(landing, tmp_path):
-    home, workdir = tmp_path / "dagster_home", tmp_path / "work"
-    home.mkdir()
+def _materialize(home: Path, landing: Path, workdir: Path, selection: str) -> None:
+    """`dagster asset materialize` on the code location, as a person or a deployment runs it."""
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -26,9 +25,15 @@ def test_the_multiprocess_executor_materializes_ingest_assets(landing, tmp_path)
     }
     dagster = Path(sys.executable).parent / "dagster"
     command = [str(dagster), "asset", "materialize", "-m", "clinfuse.orchestration.definitions"]
-    command += ["--select", "patients,admissions,d_labitems"]
+    command += ["--select", selection]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_the_multiprocess_executor_materializes_ingest_assets(landing, tmp_path):
+    home, workdir = tmp_path / "dagster_home", tmp_path / "work"
+    home.mkdir()
+    _materialize(home, landing, workdir, "patients,admissions,d_labitems")
 
     admissions = pd.read_parquet(workdir / "tables" / "admissions.parquet")
     truth = pd.read_parquet(Path(str(landing) + ".truth") / "admissions.parquet")
@@ -62,18 +67,8 @@ def test_the_documented_instance_queues_runs_and_decodes_one_stage_at_a_time(lan
         (limit,) = config.run_queue_config.tag_concurrency_limits
         assert limit == {"key": "dagster/sensor_name", "value": "landing_zone_sensor", "limit": 1}
         assert config.pool_config.default_pool_limit == 1
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "CLINFUSE_LANDING": str(landing),
-        "CLINFUSE_WORKDIR": str(workdir),
-    }
-    dagster = Path(sys.executable).parent / "dagster"
-    command = [str(dagster), "asset", "materialize", "-m", "clinfuse.orchestration.definitions"]
     selected = "patients,admissions,dicom_index,study_images,recording_index,recording_spectrograms"
-    command += ["--select", selected]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _materialize(home, landing, workdir, selected)
     with dg.DagsterInstance.local_temp(tempdir=str(home)) as instance:
         (run,) = instance.get_runs()
         spans = _step_spans(instance, run.run_id)

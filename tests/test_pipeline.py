@@ -15,7 +15,7 @@ import pytest
 
 from clinfuse.assets.mlflow_resource import MLflowResource
 from clinfuse.synthetic import truth_dir
-from tests.conftest import PHI_MARKERS
+from tests.conftest import PHI_MARKERS, load_champion, test_split_requests
 
 pytestmark = pytest.mark.slow
 COUNT_KEYS = {"seen", "ingested", "quarantined"}
@@ -217,30 +217,15 @@ def test_every_candidate_learner_and_the_choice_are_in_mlflow(pipeline_run):
 
 def test_the_champion_pyfunc_reproduces_the_pipeline_probabilities(pipeline_run, monkeypatch):
     from clinfuse.assets.evaluation.serve_inputs import SERVE_ROOT_ENV
-    from clinfuse.assets.evaluation.serving import serving_frame
 
     # serving_frame's paths are in the landing zone: serve it, as the champion gate does.
     monkeypatch.setenv(SERVE_ROOT_ENV, str(pipeline_run["landing"]))
 
-    block, workdir = pipeline_run["report"]["mlflow"], pipeline_run["workdir"]
-    tables = workdir / "tables"
-    cohort = pd.read_parquet(tables / "cohort.parquet")
-    test = cohort[cohort["split"] == "test"].reset_index(drop=True)
-    frame = serving_frame(
-        test,
-        tables / "labevents.parquet",
-        pd.read_parquet(tables / "notes.parquet"),
-        pd.read_parquet(tables / "dicom_index.parquet"),
-        pd.read_parquet(tables / "recording_index.parquet"),
-        pipeline_run["landing"],
-        24.0,
-    )
-    store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(workdir))
-    with store.activated():
-        model = mlflow.pyfunc.load_model(f"models:/{block['model_name']}@champion")
-    served = model.predict(frame)
+    test, frame = test_split_requests(pipeline_run)
+    served = load_champion(pipeline_run).predict(frame)
     assert (served["errors"].map(len) == 0).all(), served["errors"].tolist()
     served = served["p_fusion"].to_numpy(dtype=float)
+    workdir = pipeline_run["workdir"]
     expected = pd.read_parquet(workdir / pipeline_run["report"]["predictions_path"])
     expected = expected.set_index("hadm_id").loc[test["hadm_id"], "p_fusion"].to_numpy()
     np.testing.assert_allclose(served, expected, atol=1e-5)

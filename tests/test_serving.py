@@ -35,6 +35,7 @@ from clinfuse.assets.evaluation import serve_inputs
 from clinfuse.assets.evaluation.serve_inputs import SERVE_ROOT_ENV
 from clinfuse.assets.evaluation.serving import OUTPUT_COLUMNS, serving_frame
 from clinfuse.assets.mlflow_resource import MLflowResource
+from tests.conftest import load_champion, test_split_requests
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -43,10 +44,7 @@ SERVER_STARTUP_S = 180  # a cold `mlflow models serve` imports torch, MLflow and
 
 @pytest.fixture(scope="module")
 def champion(pipeline_run) -> mlflow.pyfunc.PyFuncModel:
-    block = pipeline_run["report"]["mlflow"]
-    store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(pipeline_run["workdir"]))
-    with store.activated():
-        return mlflow.pyfunc.load_model(f"models:/{block['model_name']}@champion")
+    return load_champion(pipeline_run)
 
 
 @pytest.fixture(scope="module")
@@ -311,20 +309,8 @@ def test_make_serve_answers_the_readme_request(pipeline_run, tmp_path):
 def _test_admission_as_base64(pipeline_run) -> tuple[int, dict]:
     """A test admission as the pipeline's own serving rows give it, its film and recording sent
     as bytes (base64) rather than paths: one that has both when the tiny cohort holds one."""
-    from clinfuse.assets.settings import Settings
-
-    tables, landing = pipeline_run["workdir"] / "tables", pipeline_run["landing"]
-    cohort = pd.read_parquet(tables / "cohort.parquet")
-    test = cohort[cohort["split"] == "test"].reset_index(drop=True)
-    frame = serving_frame(
-        test,
-        tables / "labevents.parquet",
-        pd.read_parquet(tables / "notes.parquet"),
-        pd.read_parquet(tables / "dicom_index.parquet"),
-        pd.read_parquet(tables / "recording_index.parquet"),
-        landing,
-        Settings().window_hours,
-    )
+    landing = pipeline_run["landing"]
+    _, frame = test_split_requests(pipeline_run)
     both = frame["image_path"].notna() & frame["recording_path"].notna()
     row = frame[both].iloc[0] if both.any() else frame.iloc[0]
     record = {k: (None if pd.isna(v) else v) for k, v in row.items()}
