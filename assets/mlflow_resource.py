@@ -61,7 +61,31 @@ class MLflowResource(dg.ConfigurableResource):
     def client(self):
         from mlflow import MlflowClient
 
+        self._create_default_store()
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def _create_default_store(self) -> None:
+        """The embedded SQLite store, created whole or not at all.
+
+        MLflow creates its schema by running its migrations in place; a run killed meanwhile
+        leaves a database that no later run can migrate (`_alembic_tmp_experiments already
+        exists`). So the schema is built under a temporary name and renamed into place.
+        """
+        if self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+            return
+        database = Path(self.workdir).resolve() / "mlflow.db"
+        if database.exists():
+            return
+        from mlflow import MlflowClient
+
+        database.parent.mkdir(parents=True, exist_ok=True)
+        building = database.with_name(f".mlflow.db.{os.getpid()}.building")
+        building.unlink(missing_ok=True)
+        uri = f"sqlite:///{building}"
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments()  # the tracking schema
+        client.search_registered_models()  # and the registry's
+        os.replace(building, database)
 
     @contextmanager
     def activated(self) -> Iterator[None]:
@@ -73,6 +97,7 @@ class MLflowResource(dg.ConfigurableResource):
         """
         import mlflow
 
+        self._create_default_store()
         uri = self.uri
         saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(uri)

@@ -1,4 +1,5 @@
-"""The resources every asset shares: the landing zone, the work directory, the settings."""
+"""The resources every asset shares: the landing zone, the work directory, the settings; and
+the pool and partitions that several assets name."""
 
 from __future__ import annotations
 
@@ -15,10 +16,16 @@ from pydantic import Field, create_model
 
 from clinfuse.assets.settings import Settings, field_types, keys, settings_from_dict, to_dict
 
-# The Dagster pool of the stages that work in a process pool of every core (dicom_studies,
-# recordings, notes' de-identification): a limit of 1 (docs/dagster.yaml.example) keeps two such
-# stages from oversubscribing the cores under a multiprocess executor.
+# The Dagster pool of the stages that work in a process pool of every core (the delivery
+# decodes, the study and recording indexes when they catch up, notes' de-identification): a
+# limit of 1 (docs/dagster.yaml.example) keeps two such stages from oversubscribing the cores
+# under a multiprocess executor.
 DECODE_POOL = "decode"
+
+# One partition per delivery: the images and recordings that arrived together, as the
+# landing-zone sensor, the schedule or `clinfuse run` found them (assets/ingest/deliveries.py).
+# The UI shows which deliveries are in; a backfill decodes a delivery again.
+DELIVERIES = dg.DynamicPartitionsDefinition(name="deliveries")
 
 
 class LandingZone(dg.ConfigurableResource):

@@ -38,7 +38,8 @@ import soundfile as sf
 from threadpoolctl import threadpool_limits
 
 from clinfuse.assets.ingest.audio.features import waveform_features
-from clinfuse.assets.ingest.audio.reader import BATCH, ingest_audio, load_recording
+from clinfuse.assets.ingest.audio.reader import BATCH, load_recording
+from clinfuse.assets.ingest.audio.recording_index import ingest_audio
 from clinfuse.assets.settings import AudioSettings
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

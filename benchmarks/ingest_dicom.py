@@ -120,7 +120,7 @@ def _ingest_runner(
     image_size: int,
     workers: int | None,
 ) -> Callable[[], dict]:
-    from clinfuse.assets.ingest.dicom.reader import ingest_dicom
+    from clinfuse.assets.ingest.dicom.study_index import ingest_dicom
 
     def run() -> dict:
         shard_dir = scratch / "shards"

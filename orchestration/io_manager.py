@@ -37,6 +37,8 @@ class ParquetIOManager(dg.UPathIOManager):
                 obj.rows = Path(str(path))  # the staged file now lives at the asset's path
             obj.rejects.to_parquet(_sibling(path, ".rejects.parquet"), index=False)
             counts = {"seen": obj.seen, "ingested": obj.ingested, "quarantined": obj.quarantined}
+            if obj.decoded is not None:
+                counts["decoded"] = obj.decoded
             _sibling(path, ".counts.json").write_text(json.dumps(counts))
         elif isinstance(obj, ShardSet):
             manifest = {

@@ -14,6 +14,11 @@ import yaml
 
 from clinfuse.assets.settings import Settings, read_yaml, settings_from_dict, with_overrides
 from clinfuse.orchestration.definitions import build_definitions
+from clinfuse.orchestration.deliveries import (
+    apply_partitions,
+    rebuild_selection,
+    record_deliveries,
+)
 
 
 class PipelineFailed(RuntimeError):
@@ -112,12 +117,26 @@ def run_pipeline(
     defs = build_definitions(landing, workdir, settings, workers=workers)
     job = defs.resolve_job_def("full_pipeline")
     with workdir_lock(workdir), dagster_instance(workdir) as instance:
-        result = job.execute_in_process(
-            instance=instance, run_config=QUIET_CONSOLE, raise_on_error=False
-        )
+        plan = record_deliveries(landing, workdir, settings, instance)
+        apply_partitions(plan, instance)
+        for key in plan.stale:  # decoded under other settings (image size, mel bands) only
+            _succeed(defs.resolve_job_def("ingest_deliveries"), instance, partition_key=key)
+        if plan.added is not None:
+            result = _succeed(job, instance, partition_key=plan.added)
+        else:  # nothing new to decode: rebuild from the decoded deliveries
+            result = _succeed(job, instance, asset_selection=rebuild_selection(job))
+    return result.output_for_node("run_report")
+
+
+def _succeed(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs: Any
+) -> dg.ExecuteInProcessResult:
+    result = job.execute_in_process(
+        instance=instance, run_config=QUIET_CONSOLE, raise_on_error=False, **kwargs
+    )
     if not result.success:
         raise PipelineFailed(_failure_reason(result))
-    return result.output_for_node("run_report")
+    return result
 
 
 def promote_model(

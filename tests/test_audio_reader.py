@@ -15,13 +15,8 @@ import pytest
 import soundfile as sf
 
 from clinfuse.assets.ingest.audio import reader as audio_reader
-from clinfuse.assets.ingest.audio.reader import (
-    INDEX_DTYPES,
-    RecordingError,
-    decode_recording,
-    ingest_audio,
-    load_recording,
-)
+from clinfuse.assets.ingest.audio.reader import RecordingError, decode_recording, load_recording
+from clinfuse.assets.ingest.audio.recording_index import INDEX_DTYPES, ingest_audio
 from clinfuse.assets.ingest.quarantine import DECODER_CRASHED
 from clinfuse.assets.settings import AudioSettings
 from clinfuse.models.shards import ShardReader
@@ -364,8 +359,10 @@ def test_manifest_problems_are_quarantined_at_their_row(messy, tmp_path):
     assert index.loc[1, "recorded_at"] == pd.Timestamp(INSIDE)
     assert (index.loc[2, "sample_rate"], index.loc[2, "channels"]) == (44100, 2)
     assert result.unlisted == ["audio/forgotten.wav"]
-    assert list(result.index["slot"]) == [0, 1, 2]
-    assert calls[-1] == (15, 15)
+    # One slot each; progress counts the files decoded (every file under audio/, named or not).
+    assert len(set(zip(result.index["shard"], result.index["slot"], strict=True))) == 3
+    files = [p for p in (messy / "audio").rglob("*") if p.is_file() and p.name != "manifest.csv"]
+    assert calls[-1][0] == calls[-1][1] == len(files)
 
 
 def test_a_badly_linked_row_does_not_claim_the_content(tmp_path):
@@ -421,8 +418,8 @@ def test_a_crashing_worker_costs_one_file(tmp_path, monkeypatch):
     shutil.copy(landing / "audio" / "crash.wav", landing / "audio" / "crash-copy.wav")
     _manifest(landing, [f"{name},1,{INSIDE},," for name in [*names, "crash-copy.wav"]])
     monkeypatch.setattr(audio_reader, "BATCH", 2)  # several batches in flight when it dies
-    crashing = functools.partial(audio_reader._outcomes, examine=crash_on_marked)
-    monkeypatch.setattr(audio_reader, "_outcomes", crashing)
+    crashing = functools.partial(audio_reader.decode_files, examine=crash_on_marked)
+    monkeypatch.setattr(audio_reader, "decode_files", crashing)
 
     result = _ingest(landing, tmp_path / "shards", workers=2)
 

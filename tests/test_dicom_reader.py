@@ -17,13 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from clinfuse.assets.ingest.dicom import reader as dicom_reader
 from clinfuse.assets.ingest.dicom.header import uid_key
 from clinfuse.assets.ingest.dicom.pixels import ResizeArea, ScalePercentiles
-from clinfuse.assets.ingest.dicom.reader import (
-    INDEX_DTYPES,
-    ImageError,
-    ingest_dicom,
-    load_image,
-    read_file,
-)
+from clinfuse.assets.ingest.dicom.reader import ImageError, load_image, read_file
+from clinfuse.assets.ingest.dicom.study_index import INDEX_DTYPES, ingest_dicom
 from clinfuse.assets.ingest.quarantine import (
     BAD_VALUE,
     DECODER_CRASHED,

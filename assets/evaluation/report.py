@@ -30,7 +30,7 @@ def build_report(
 ) -> dict[str, Any]:
     split_counts = cohort["split"].value_counts()
     return {
-        "inputs": _inputs(input_accounting, quarantine),
+        "inputs": _inputs(input_accounting),
         "quarantine": quarantine[["modality", "source", "reason"]].to_dict(orient="records"),
         "cohort": {
             "admissions": len(cohort),
@@ -49,14 +49,14 @@ def reported_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     return predictions[predictions["split"] == "test"][PREDICTION_COLUMNS]
 
 
-def _inputs(accounting: pd.DataFrame, quarantine: pd.DataFrame) -> dict[str, Any]:
+def _inputs(accounting: pd.DataFrame) -> dict[str, Any]:
     by_source = {
         row["source"]: {k: int(row[k]) for k in COUNT_KEYS} for row in accounting.to_dict("records")
     }
     empty = dict.fromkeys(COUNT_KEYS, 0)
     inputs: dict[str, Any] = {m: dict(by_source.get(m, empty)) for m in ("dicom", "audio")}
     for modality in ("dicom", "audio"):
-        inputs[modality]["decoded"] = _decoded(inputs[modality], quarantine, modality)
+        inputs[modality]["decoded"] = _decoded(accounting, modality)
     inputs["ehr"] = {
         s.removeprefix("ehr/"): counts for s, counts in by_source.items() if s.startswith("ehr/")
     }
@@ -64,13 +64,13 @@ def _inputs(accounting: pd.DataFrame, quarantine: pd.DataFrame) -> dict[str, Any
     return inputs
 
 
-def _decoded(counts: dict[str, int], quarantine: pd.DataFrame, modality: str) -> int:
-    """Files this run opened to decode. Every run still decodes every file it sees (incremental
-    ingest is issue #14), less the manifest rows that never reached a file (missing, bad time):
-    those are quarantined by their `TABLE_FILE:ROW` source."""
-    rows = quarantine[quarantine["modality"] == modality]["source"].astype(str)
-    manifest_rows = int(rows.str.contains(r"manifest\.csv:\d+$", regex=True).sum())
-    return max(counts["seen"] - manifest_rows, 0)
+def _decoded(accounting: pd.DataFrame, modality: str) -> int:
+    """Files this run decoded: those of the deliveries decoded since the index was last built
+    (a rerun with nothing new: 0; assets/ingest/progress.py `newly_decoded`)."""
+    rows = accounting[accounting["source"] == modality]
+    if rows.empty or pd.isna(rows["decoded"].iloc[0]):
+        return 0
+    return int(rows["decoded"].iloc[0])
 
 
 def _clean(value: Any) -> Any:

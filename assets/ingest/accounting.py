@@ -103,9 +103,11 @@ def input_accounting(
                 "reader_seen": reported["seen"],
                 "ingested": reported["ingested"],
                 "quarantined": reported["quarantined"],
+                # DICOM and audio: files decoded since the index was last built (tables: NA)
+                "decoded": reported.get("decoded"),
             }
         )
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).astype({"decoded": "Int64"})
     table["balanced"] = (table["seen"] == table["ingested"] + table["quarantined"]) & (
         table["seen"] == table["reader_seen"]
     )

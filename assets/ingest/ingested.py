@@ -25,6 +25,9 @@ class Ingested:
     # Rejects that are no input of their own: a dicom/manifest.csv row naming a missing file is
     # quarantined, but `seen` counts files for DICOM, so it must not count as a quarantined file.
     extra_rejects: int = 0
+    # Files this run decoded (DICOM and audio: the deliveries decoded since the index was last
+    # built); None for tables, which are read whole on every run.
+    decoded: int | None = None
 
     @property
     def ingested(self) -> int:

@@ -1,27 +1,14 @@
-"""Audio ingest: audio/manifest.csv rows -> linked index, log-mel shards, quarantine rows.
+"""Reading recordings: a WAV or FLAC file becomes a log-mel spectrogram, or a quarantine reason.
 
-Plain code (no Dagster): the `recordings` asset calls `ingest_audio`, and serving calls
-`load_recording`, so a recording becomes the very same tensor in training and in production.
+Plain code (no Dagster): delivery.py decodes a delivery's files with `decode_files` (a process
+pool), recording_index.py links manifest rows to them (its docstring says which reason each
+reject gets and why), and serving calls `load_recording`, so a recording becomes the very same
+tensor in training and in production.
 
-Accounting (../shared/cli-and-report.md): `seen` is the number of manifest data rows, and every
-row ends either in the index or in the rejects. Which source a reject names:
-
-- `audio/<path>` when the file itself is bad: "not an audio file", "truncated file",
-  "empty recording", "decoder crashed" (decoding it killed the worker process).
-- `audio/manifest.csv:N` (1-based data row) when the row is the problem: "missing file",
-  "missing <column>" / "bad <column>" (path, subject_id, recorded_at, hadm_id), and also
-  "unknown patient", "unknown admission", "no admission" and "duplicate recording". A link
-  problem belongs to the row: the file may be a fine recording, it is the row's subject_id,
-  hadm_id or time that points nowhere. A duplicate is a second row naming content already
-  taken (the same path twice, or a copy under another name), so the row is what is redundant.
-
-A row has one reason, the first that applies in this order: its own fields, the file's
-existence, the link to an admission, the file's content (sha256 already claimed by an earlier
-row -> duplicate), the decoding. Rows rejected before the file is read do not claim its content,
-so a later, well-linked row with the same content is still ingested.
-
-Modules: audio_manifest (the manifest's rows and their own problems), audio_features (waveform
--> log-mel), this one (decoding, the worker pool, linking, duplicates, shards, the index).
+A file yields no features when it is "not an audio file", a "truncated file", an "empty
+recording", or "decoder crashed" (decoding it killed the worker process). Modules:
+manifest.py (the manifest's rows and their own problems), features.py (waveform -> log-mel),
+this one (decoding and the worker pool).
 """
 
 from __future__ import annotations
@@ -37,49 +24,25 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import pandas as pd
 import soundfile as sf
 
-from clinfuse.assets.ingest.audio.manifest import file_problem, read_manifest, read_manifest_records
-from clinfuse.assets.ingest.linking import link_to_admissions
-from clinfuse.assets.ingest.paths import walk_entries
 from clinfuse.assets.ingest.pool import process_pool
 from clinfuse.assets.ingest.quarantine import (
     DECODER_CRASHED,
-    DUPLICATE_RECORDING,
     EMPTY_RECORDING,
     MISSING_FILE,
     NOT_AUDIO,
     TRUNCATED_FILE,
-    Reject,
-    rejects_frame,
-    row_source,
 )
 from clinfuse.assets.settings import AudioSettings
-from clinfuse.models.shards import ShardWriter
 
 MANIFEST = "audio/manifest.csv"
 SHARD_PREFIX = "recording"
-INDEX_DTYPES = {
-    "path": "string",
-    "sha256": "string",
-    "subject_id": "Int64",
-    "hadm_id": "Int64",
-    "recorded_at": "datetime64[ns]",
-    "site": "string",
-    "sample_rate": "int64",
-    "channels": "int64",
-    "frames": "int64",
-    "duration_s": "float64",
-    "manifest_row": "int64",
-    "shard": "string",
-    "slot": "int64",
-}
 # Reasons that describe the file, so the reject names the file rather than the manifest row.
 FILE_REASONS = (NOT_AUDIO, TRUNCATED_FILE, EMPTY_RECORDING, DECODER_CRASHED)
 BATCH = 8  # files per pool task
@@ -102,28 +65,6 @@ class Decoded:
     sample_rate: int
     channels: int
     frames: int
-
-
-@dataclass
-class AudioIngest:
-    """What `ingest_audio` returns.
-
-    index: one row per ingested manifest row (columns INDEX_DTYPES). rejects: quarantine rows
-    (modality, source, reason). seen: manifest data rows; seen == len(index) + len(rejects).
-    shards: shard file names written under shard_dir, items (1, n_mels, frames) float16.
-    unlisted: files under audio/ (other than manifest.csv) that no manifest row names, as
-    `audio/...`. They are not "seen" (the contract counts manifest rows for audio), so they are
-    neither ingested nor quarantined; they are listed so that the asset can report them.
-    """
-
-    index: pd.DataFrame
-    rejects: pd.DataFrame
-    seen: int
-    shards: list[str]
-    unlisted: list[str] = field(default_factory=list)
-
-
-# --- one recording ------------------------------------------------------------------------------
 
 
 def load_recording(source: Path | bytes, settings: AudioSettings) -> np.ndarray:
@@ -259,7 +200,7 @@ def examine_files(paths: list[str], settings: AudioSettings) -> list[_Outcome]:
     return [examine_file(path, settings) for path in paths]
 
 
-def _single_threaded() -> contextlib.AbstractContextManager:
+def single_threaded() -> contextlib.AbstractContextManager:
     """One BLAS/OpenMP thread while decoding. The pool already uses every core, and the per-file
     matrix products are small (64 x 129 x 251), so a second BLAS thread only adds hand-off cost:
     measured here, a serial ingest runs 2-3x faster with OpenBLAS limited to one thread."""
@@ -270,7 +211,7 @@ def _single_threaded() -> contextlib.AbstractContextManager:
     return threadpool_limits(1)
 
 
-def _outcomes(
+def decode_files(
     jobs: list[tuple[int, str]],
     settings: AudioSettings,
     workers: int,
@@ -345,158 +286,8 @@ def _require_working_pool() -> None:
         pool.shutdown(cancel_futures=True)
 
 
-# --- the ingest ---------------------------------------------------------------------------------
-
-
-def ingest_audio(
-    landing: Path,
-    shard_dir: Path,
-    admissions: pd.DataFrame,
-    known_subjects: pd.Series,
-    settings: AudioSettings,
-    workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> AudioIngest:
-    """Every row of <landing>/audio/manifest.csv: ingested (index + shard slot) or quarantined.
-
-    Files are hashed and decoded in a process pool (`workers`, default: every usable core; 1 =
-    in this process); the results are written in manifest order, so the index and the shards are
-    the same on every run whatever the worker count. `progress(done, total)` counts manifest rows.
-    Files under audio/ that the manifest does not name are returned in `unlisted` (not "seen").
-    """
-    audio_root = Path(landing) / "audio"
-    manifest_path = audio_root / "manifest.csv"
-    rows = read_manifest(manifest_path) if manifest_path.is_file() else _empty_manifest()
-    seen = len(rows)
-    unlisted = _unlisted_files(audio_root, rows)
-
-    rows = _check_files(rows, audio_root)
-    rows = _link(rows, admissions, known_subjects)
-    rejects = [
-        (int(r.manifest_row), _row_reject(r.manifest_row, r.problem))
-        for r in rows[rows["problem"].notna()].itertuples()
-    ]
-    ready = rows[rows["problem"].isna()]
-    jobs = [(int(r.manifest_row), str(audio_root / r.path)) for r in ready.itertuples()]
-    by_row = {int(r.manifest_row): r for r in ready.itertuples()}
-
-    done = seen - len(jobs)
-    if progress is not None:
-        progress(done, seen)
-    claimed: set[str] = set()
-    index_rows: list[dict] = []
-    item_shape = (1, settings.n_mels, settings.frames)
-    with ShardWriter(Path(shard_dir), SHARD_PREFIX, item_shape) as writer, _single_threaded():
-        for number, outcome in _outcomes(jobs, settings, workers or _usable_cores()):
-            row = by_row[number]
-            reject = _outcome_reject(row, outcome, claimed)
-            if reject is not None:
-                rejects.append((number, reject))
-            else:
-                shard, slot = writer.append(outcome.decoded.features)
-                index_rows.append(_index_row(row, outcome, shard, slot))
-            done += 1
-            if progress is not None:
-                progress(done, seen)
-    shards = writer.shards
-    rejects.sort(key=lambda pair: pair[0])
-    return AudioIngest(
-        index=_index_frame(index_rows),
-        rejects=rejects_frame(reject for _, reject in rejects),
-        seen=seen,
-        shards=list(shards),
-        unlisted=unlisted,
-    )
-
-
-def _empty_manifest() -> pd.DataFrame:
-    """read_manifest's columns with no rows: audio/ without a manifest.csv."""
-    return read_manifest_records([])
-
-
-def _usable_cores() -> int:
+def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _unlisted_files(audio_root: Path, rows: pd.DataFrame) -> list[str]:
-    if not audio_root.is_dir():
-        return []
-    named = set(rows["path"].dropna())
-    found = (  # listed, never followed: a linked folder is not entered (paths.py)
-        path.relative_to(audio_root).as_posix()
-        for path in walk_entries(audio_root)
-        if path != audio_root / "manifest.csv"
-    )
-    return sorted(f"audio/{name}" for name in found if name not in named)
-
-
-def _check_files(rows: pd.DataFrame, audio_root: Path) -> pd.DataFrame:
-    """A row whose own fields are fine but whose file resolves outside the landing zone ->
-    "outside landing zone" (never opened), or is not there -> "missing file"."""
-    rows = rows.copy()
-    fine = rows["problem"].isna()
-    problems = rows.loc[fine, "path"].map(lambda rel: file_problem(audio_root, rel))
-    problems = problems[problems.notna()]
-    rows.loc[problems.index, "problem"] = problems
-    return rows
-
-
-def _link(rows: pd.DataFrame, admissions: pd.DataFrame, known_subjects: pd.Series) -> pd.DataFrame:
-    """hadm_id := the linked admission (the manifest's, else the one holding recorded_at)."""
-    rows = rows.copy()
-    fine = rows["problem"].isna()
-    if not fine.any():
-        return rows
-    linked = link_to_admissions(rows.loc[fine], admissions, known_subjects, "recorded_at")
-    rows.loc[fine, "hadm_id"] = linked["linked_hadm_id"]
-    problem = linked["link_problem"]
-    rows.loc[problem.index[problem.notna()], "problem"] = problem[problem.notna()]
-    return rows
-
-
-def _row_reject(manifest_row: int, reason: str) -> Reject:
-    return Reject("audio", row_source(MANIFEST, int(manifest_row)), str(reason))
-
-
-def _outcome_reject(row, outcome: _Outcome, claimed: set[str]) -> Reject | None:
-    """The reject for a worker's outcome, or None when the row is ingested.
-
-    The first row to reach a file's content claims it, decodable or not; later rows with the
-    same sha256 are "duplicate recording".
-    """
-    if outcome.sha256 is not None:
-        if outcome.sha256 in claimed:
-            return _row_reject(row.manifest_row, DUPLICATE_RECORDING)
-        claimed.add(outcome.sha256)
-    if outcome.reason is None:
-        return None
-    if outcome.reason.startswith(FILE_REASONS):
-        return Reject("audio", f"audio/{row.path}", outcome.reason)
-    return _row_reject(row.manifest_row, outcome.reason)
-
-
-def _index_row(row, outcome: _Outcome, shard: str, slot: int) -> dict:
-    decoded = outcome.decoded
-    return {
-        "path": f"audio/{row.path}",
-        "sha256": outcome.sha256,
-        "subject_id": row.subject_id,
-        "hadm_id": row.hadm_id,
-        "recorded_at": row.recorded_at,
-        "site": row.site,
-        "sample_rate": decoded.sample_rate,
-        "channels": decoded.channels,
-        "frames": decoded.frames,
-        "duration_s": decoded.frames / decoded.sample_rate,
-        "manifest_row": row.manifest_row,
-        "shard": shard,
-        "slot": slot,
-    }
-
-
-def _index_frame(index_rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(index_rows, columns=list(INDEX_DTYPES))
-    return frame.astype(INDEX_DTYPES)

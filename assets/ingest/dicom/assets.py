@@ -1,14 +1,90 @@
-"""DICOM assets: one index row per file and the decoded images in memory-mappable shards."""
+"""DICOM assets: each delivery's files decoded (a partition each), and the study index over all.
+
+`dicom_delivery` decodes the files of one delivery into the decode store (assets/ingest/
+decoded.py); `dicom_studies` links every current delivery's records to admissions, drops
+duplicates and points the index at the stored images: no file is decoded there.
+"""
 
 import dagster as dg
 import pandas as pd
 
-from clinfuse.assets.ingest.dicom import reader as dicom_reader
+from clinfuse.assets.ingest.catch_up import Decode, catch_up
+from clinfuse.assets.ingest.decoded import DecodeStore
+from clinfuse.assets.ingest.deliveries import files_by_delivery, read_ledger
+from clinfuse.assets.ingest.dicom.delivery import RECORD_DTYPES, decode_delivery, typed_records
+from clinfuse.assets.ingest.dicom.reader import SHARD_PREFIX, Decoding
+from clinfuse.assets.ingest.dicom.study_index import link_studies
 from clinfuse.assets.ingest.ingested import Ingested, ShardSet
-from clinfuse.assets.ingest.progress import log_progress, manifest_metadata
-from clinfuse.assets.resources import DECODE_POOL, LandingZone, PipelineSettings, WorkDir
+from clinfuse.assets.ingest.progress import log_progress, manifest_metadata, newly_decoded
+from clinfuse.assets.resources import (
+    DECODE_POOL,
+    DELIVERIES,
+    LandingZone,
+    PipelineSettings,
+    WorkDir,
+)
+from clinfuse.assets.settings import Settings
 
 GROUP = "ingest"
+
+
+def image_store(workdir: WorkDir, run: Settings) -> DecodeStore:
+    """Where this run's settings keep decoded images (another image size: another folder)."""
+    size = run.image_size
+    decoding = {"image_size": size, "max_image_mb": run.limits.max_image_mb}
+    return DecodeStore.under(
+        workdir.folder("decoded"), "dicom", decoding, (1, size, size), SHARD_PREFIX
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=DELIVERIES,
+    pool=DECODE_POOL,
+    deps=["landing_dicom"],
+    kinds={"pydicom", "numpy"},
+    owners=["team:clinical-ml"],
+)
+def dicom_delivery(
+    context: dg.AssetExecutionContext,
+    landing: LandingZone,
+    workdir: WorkDir,
+    settings: PipelineSettings,
+) -> dg.MaterializeResult:
+    """One delivery's DICOM files, hashed and decoded in a process pool (a file whose bytes an
+    earlier delivery held is copied, not decoded): a record per file, the images in shards."""
+    run = settings.value
+    delivery = context.partition_key
+    files = files_by_delivery(read_ledger(workdir.root), "dicom").get(delivery, [])
+    decode = _decoder(context, landing, workdir, run)
+    return dg.MaterializeResult(metadata=dict(decode(delivery, files)))
+
+
+def _decoder(
+    context: dg.AssetExecutionContext, landing: LandingZone, workdir: WorkDir, run: Settings
+) -> Decode:
+    store = image_store(workdir, run)
+
+    def decode(delivery: str, files: list[str]) -> dict[str, object]:
+        result = decode_delivery(
+            landing.root,
+            files,
+            store,
+            delivery,
+            Decoding(run.image_size, run.limits.max_image_mb),
+            workdir.worker_count,
+            progress=log_progress(context, f"dicom {delivery}"),
+        )
+        store.save(delivery, result.records, result.decoded)
+        return {
+            "files": len(files),
+            "decoded": result.decoded,
+            "copied": len(files) - result.decoded,
+            "undecodable": int(result.records["reason"].notna().sum()),
+            "store": str(store.directory),
+        }
+
+    return decode
 
 
 @dg.multi_asset(
@@ -29,8 +105,9 @@ GROUP = "ingest"
         ),
     },
     group_name=GROUP,
+    deps=["dicom_delivery"],
+    # Only catch-up decoding (catch_up.py) happens here, but then in a pool of every core.
     pool=DECODE_POOL,
-    deps=["landing_dicom"],
 )
 def dicom_studies(
     context: dg.AssetExecutionContext,
@@ -40,33 +117,32 @@ def dicom_studies(
     admissions: pd.DataFrame,
     patients: pd.DataFrame,
 ):
-    """Reads every file under dicom/ in a process pool: header, pixels, link to an admission."""
+    """Every current delivery's records linked to an admission, duplicates dropped."""
     run = settings.value
     size = run.image_size
-    shard_dir = workdir.fresh_folder("shards", "study_images")
-    if landing.has("dicom"):
-        result = dicom_reader.ingest_dicom(
-            landing.root,
-            shard_dir,
-            admissions,
-            patients["subject_id"],
-            image_size=size,
-            workers=workdir.worker_count,
-            progress=log_progress(context, "dicom"),
-            max_image_mb=run.limits.max_image_mb,
-        )
-        index, rejects, seen, shards = result.index, result.rejects, result.seen, result.shards
-    else:
-        empty = Ingested.empty(["path", "subject_id", "hadm_id", "study_datetime"])
-        index, rejects, seen, shards = empty.rows, empty.rejects, 0, []
+    store = image_store(workdir, run)
+    decode = _decoder(context, landing, workdir, run)
+    deliveries = catch_up(context, landing, workdir, "dicom", store, decode)
+    records = store.current(deliveries, "DICOM files")
+    if records.empty:  # no image yet: the manifest's rows are still read and accounted for
+        records = typed_records(pd.DataFrame(columns=list(RECORD_DTYPES)))
+    decoded = newly_decoded(context, "dicom_index", store, list(deliveries))
+    index, rejects = link_studies(landing.root, records, admissions, patients["subject_id"])
     manifest_rows = int(rejects["source"].str.startswith("dicom/manifest.csv").sum())
     yield dg.Output(
-        Ingested(rows=index, rejects=rejects, seen=seen, extra_rejects=manifest_rows),
+        Ingested(
+            rows=index,
+            rejects=rejects,
+            seen=len(records),
+            extra_rejects=manifest_rows,
+            decoded=decoded.count,
+        ),
         "dicom_index",
-        metadata=manifest_metadata(context, landing, "dicom"),
+        metadata={**manifest_metadata(context, landing, "dicom"), **decoded.metadata()},
     )
+    shards = tuple(sorted(set(index["shard"].dropna()))) if len(index) else ()
     yield dg.Output(
-        ShardSet(directory=shard_dir, shards=tuple(shards), item_shape=(1, size, size)),
+        ShardSet(directory=store.directory, shards=shards, item_shape=(1, size, size)),
         "study_images",
         metadata={"shards": len(shards), "images": len(index), "image_size": size},
     )
