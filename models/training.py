@@ -1,4 +1,8 @@
-"""Training loop: class-weighted BCE, AdamW, modality dropout, early stopping on val AUROC."""
+"""Training loop: class-weighted BCE, AdamW, modality dropout, early stopping on val AUROC.
+
+One process, or several under torchrun: inside a process group (models/distributed.py) the same
+loop runs data-parallel, and `batch_size` stays the global batch.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
+from clinfuse.models import distributed
 from clinfuse.models.augment import augmentations
 from clinfuse.models.data import AdmissionDataset
 from clinfuse.models.fusion import FusionModel, FusionOutputs
@@ -28,6 +33,7 @@ class TrainConfig:
     strategy: str = "late"
     width: int = 64
     epochs: int = 40
+    # The global batch: under torchrun each of the W processes takes batch_size / W rows a step.
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
@@ -107,12 +113,21 @@ def make_loader(
     num_workers: int = 0,
     shuffle_seed: int | None = None,
 ) -> DataLoader:
-    """A loader that shuffles from its own seeded generator (never the global RNG)."""
+    """A loader that shuffles from its own seeded generator (never the global RNG).
+
+    Under a process group a shuffled loader reads this rank's share of each global batch of
+    `batch_size` rows: a DistributedSampler seeded with `shuffle_seed` (see `_fit`'s set_epoch).
+    """
     generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    sampler = None
+    if shuffle_seed is not None and distributed.active():
+        sampler, generator = distributed.shard_sampler(dataset, shuffle_seed), None
+        batch_size = distributed.local_batch(batch_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle_seed is not None,
+        shuffle=shuffle_seed is not None and sampler is None,
+        sampler=sampler,
         generator=generator,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -168,7 +183,12 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 class _Trainer:
-    """Model, optimiser and precision of one run: `train_epoch` and `validate` do one pass each."""
+    """Model, optimiser and precision of one run: `train_epoch` and `validate` do one pass each.
+
+    Under a process group, `step_loss` runs through DistributedDataParallel: gradients are
+    averaged over ranks before the optimiser (and the moving average) sees them, so weights stay
+    identical on every rank; each rank draws its own modality dropout and nn.Dropout masks.
+    """
 
     def __init__(
         self,
@@ -180,6 +200,7 @@ class _Trainer:
         frozen: list[nn.Module] | None = None,
     ):
         self.model = model.to(device)
+        self.step = distributed.data_parallel(self.model, self.step_loss, device)
         self.config = config
         self.device = device
         self.frozen = frozen or []  # kept in eval mode: no dropout noise, no updates
@@ -190,13 +211,15 @@ class _Trainer:
             trainable, lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
-        self.mask_rng = torch.Generator().manual_seed(config.seed + 1)
+        self.mask_rng = torch.Generator().manual_seed(distributed.rank_seed(config.seed) + 1)
         decay = ema_decay(config.ema_epochs, steps_per_epoch)
         self.average = (
             AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
             if decay > 0
             else None
         )
+        if distributed.world_size() > 1:
+            torch.manual_seed(distributed.rank_seed(config.seed))  # this rank's dropout masks
 
     @property
     def evaluated(self) -> FusionModel:
@@ -216,24 +239,34 @@ class _Trainer:
                 self.mask_rng,
             )
             batch = to_device(batch, self.device)
-            with autocast(self.device, self.dtype):
-                outputs = self.model.outputs(batch)
-            loss = self.loss(outputs, batch["label"])
-            logits = outputs.logit
+            loss = self.step(batch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            distributed.sync_buffers(self.model)
             if self.average is not None:
                 self.average.update_parameters(self.model)
-            total += float(loss.detach()) * len(logits)
-            count += len(logits)
-        return total / max(count, 1)
+            total += float(loss.detach()) * len(batch["label"])
+            count += len(batch["label"])
+        total, rows = distributed.sum_over_ranks(total, count)
+        return total / max(rows, 1)
+
+    def step_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One training forward pass, down to the loss."""
+        with autocast(self.device, self.dtype):
+            outputs = self.model.outputs(batch)
+        return self.loss(outputs, batch["label"])
 
     def loss(self, outputs: FusionOutputs, labels: torch.Tensor) -> torch.Tensor:
-        """Weighted BCE of the fused logit, plus the unimodal heads' mean BCE where present."""
+        """Weighted BCE of the fused logit, plus the unimodal heads' mean BCE where present.
+
+        Under a process group each modality's mean is over the global batch's rows that have
+        it: this rank's sum divided by the global count / world size, so that the average over
+        ranks (which DistributedDataParallel's gradient is) is the one-process mean.
+        """
         loss = self.criterion(outputs.logit.float(), labels)
         if self.config.unimodal_loss <= 0 or self.frozen:
             return loss
@@ -244,8 +277,9 @@ class _Trainer:
             pos_weight=self.criterion.pos_weight,
             reduction="none",
         )
-        per_modality = (each * present).sum(0) / present.sum(0).clamp_min(1.0)
-        used = present.sum(0) > 0
+        rows = distributed.mean_over_ranks(present.sum(0))
+        per_modality = (each * present).sum(0) / rows.clamp_min(1.0 / distributed.world_size())
+        used = rows > 0
         if not used.any():
             return loss
         return loss + self.config.unimodal_loss * per_modality[used].mean()
@@ -345,7 +379,8 @@ def _train(
     # AUROC staged, and the head trains 3x faster without the transforms).
     learning = tuple(m for m in config.modalities if m not in (pretrained or {}))
     if config.augment and learning:
-        train = train.augmented(augmentations(train.inputs.image_shape, config.seed, learning))
+        seed = distributed.rank_seed(config.seed)
+        train = train.augmented(augmentations(train.inputs.image_shape, seed, learning))
     with reproducible(device, config.seed):
         model = build_model(train, config)
         frozen = _load_pretrained(model, pretrained or {})
@@ -390,8 +425,10 @@ def _fit(
     best_score, best_epoch, best_state = -math.inf, 0, None
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
+        distributed.set_epoch(train_loader, epoch)
         train_loss = trainer.train_epoch(train_loader)
-        val_loss, val_auroc = trainer.validate(val_loader)
+        # Rank 0 decides, so that every rank stops at the same epoch and keeps the same weights.
+        val_loss, val_auroc = distributed.from_rank_zero(lambda: trainer.validate(val_loader))
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
