@@ -1,8 +1,9 @@
 """The one place where clinfuse's Dagster definitions are assembled.
 
 `dagster dev -w workspace.yaml` loads the module-level `defs`, configured from the environment
-(CLINFUSE_LANDING, CLINFUSE_WORKDIR, CLINFUSE_CONFIG); `clinfuse run` calls `build_definitions`
-with its own arguments. Both are the same graph.
+(CLINFUSE_LANDING, CLINFUSE_WORKDIR, CLINFUSE_CONFIG, and CLINFUSE_EXECUTOR for the executor:
+orchestration/executors.py); `clinfuse run` calls `build_definitions` with its own arguments.
+Both are the same graph.
 """
 
 from __future__ import annotations
@@ -27,9 +28,19 @@ from clinfuse.assets.mlflow_resource import MLflowResource
 from clinfuse.assets.resources import LandingZone, PipelineSettings, WorkDir
 from clinfuse.assets.settings import Settings, load_settings
 from clinfuse.assets.training import assets as training_assets
+from clinfuse.orchestration.executors import executor_from_environment
 from clinfuse.orchestration.io_manager import ParquetIOManagerFactory
-from clinfuse.orchestration.jobs import full_pipeline, promote, retrain_and_evaluate
-from clinfuse.orchestration.sensors import landing_zone_sensor, record_run_failure
+from clinfuse.orchestration.jobs import (
+    full_pipeline,
+    ingest_deliveries,
+    promote,
+    retrain_and_evaluate,
+)
+from clinfuse.orchestration.sensors import (
+    daily_full_pipeline,
+    landing_zone_sensor,
+    record_run_failure,
+)
 
 ASSET_MODULES = (
     asset_checks,
@@ -48,9 +59,16 @@ ASSET_MODULES = (
 
 
 def build_definitions(
-    landing: str | Path, workdir: str | Path, settings: Settings | None = None, workers: int = 0
+    landing: str | Path,
+    workdir: str | Path,
+    settings: Settings | None = None,
+    workers: int = 0,
+    executor: dg.ExecutorDefinition | None = None,
 ) -> dg.Definitions:
-    """Every asset, check, job, schedule and sensor, bound to one landing zone and work dir."""
+    """Every asset, check, job, schedule and sensor, bound to one landing zone and work dir.
+
+    `executor` is every job's (None: Dagster's multiprocess default); `execute_in_process`
+    ignores it."""
     workdir = Path(workdir).expanduser().resolve()
     settings = settings or Settings()
     assets = [*LANDING_ASSETS, *dg.load_assets_from_modules(ASSET_MODULES)]
@@ -58,15 +76,9 @@ def build_definitions(
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[full_pipeline, retrain_and_evaluate, promote],
-        schedules=[
-            dg.ScheduleDefinition(
-                name="daily_full_pipeline",
-                job=full_pipeline,
-                cron_schedule="0 3 * * *",
-                default_status=dg.DefaultScheduleStatus.STOPPED,
-            )
-        ],
+        jobs=[full_pipeline, ingest_deliveries, retrain_and_evaluate, promote],
+        executor=executor,
+        schedules=[daily_full_pipeline],
         sensors=[landing_zone_sensor, record_run_failure],
         resources={
             "landing": LandingZone(path=str(landing)),
@@ -82,7 +94,8 @@ def _from_environment() -> dg.Definitions:
     workdir = os.environ.get("CLINFUSE_WORKDIR", "work/demo")
     landing = os.environ.get("CLINFUSE_LANDING", str(Path(workdir) / "landing"))
     config = os.environ.get("CLINFUSE_CONFIG")
-    return build_definitions(landing, workdir, load_settings(config) if config else None)
+    settings = load_settings(config) if config else None
+    return build_definitions(landing, workdir, settings, executor=executor_from_environment())
 
 
 defs = _from_environment()
