@@ -1,0 +1,80 @@
+"""Peak memory of this process and everything it starts, sampled from /proc while work runs.
+
+ru_maxrss gives one process's peak (and the largest child's), not the tree's at one moment;
+the decode pools and torchrun workers are several processes at once. `TreeSampler` adds up the
+resident set of this process and its descendants every `interval` seconds, and keeps the
+samples, so a benchmark can also say which stage a peak fell in (from the stages' start and end
+times). Linux only; shared pages count once per process, so the sum is an upper bound.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _parents() -> dict[int, int]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        found[int(entry.name)] = int(fields[1])
+    return found
+
+
+def tree_rss_mib(root: int | None = None) -> float:
+    """Resident MiB of `root` (default: this process) and all its descendants, now."""
+    root = root or os.getpid()
+    parents = _parents()
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    total = 0
+    for pid in tree:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError):
+            continue
+    return total / 2**20
+
+
+class TreeSampler:
+    """`with TreeSampler() as s:` ... then s.peak_mib, s.peak_between(t0, t1)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), tree_rss_mib()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return max((rss for _, rss in self.samples), default=0.0)
+
+    def peak_between(self, start: float, end: float) -> float:
+        inside = [rss for t, rss in self.samples if start <= t <= end + self.interval]
+        return max(inside, default=0.0)
