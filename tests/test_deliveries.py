@@ -39,7 +39,8 @@ def zone(tmp_path):
             apply_partitions(plan, instance)
             if plan.added is not None:
                 decode = defs.resolve_job_def("ingest_deliveries")
-                assert decode.execute_in_process(instance=instance, partition_key=plan.added).success
+                run = decode.execute_in_process(instance=instance, partition_key=plan.added)
+                assert run.success
             job = defs.resolve_implicit_global_asset_job_def()
             result = job.execute_in_process(
                 instance=instance, asset_selection=[dg.AssetKey(k) for k in INDEXES]
