@@ -1,6 +1,7 @@
 """`clinfuse run` end to end: wall time and peak memory per stage, at a given cohort size.
 
     .venv/bin/python benchmarks/end_to_end.py --admissions 1000 [--landing DIR] [--keep DIR]
+    .venv/bin/python benchmarks/end_to_end.py --admissions 10000 --set training.epochs=3
 
 Generates a landing zone (or takes --landing), runs the pipeline as `clinfuse run` does (record
 the delivery, its partition, everything downstream) with default settings, and prints, for every
@@ -54,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--landing", type=Path)
     parser.add_argument("--keep", type=Path, help="work directory to keep (default: temporary)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run setting, as `clinfuse run --set` (e.g. training.epochs=3 for a memory run)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="clinfuse-e2e-") as scratch:
         landing = args.landing
@@ -66,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.keep or Path(scratch) / "work"
         started = time.perf_counter()
         with TreeSampler() as sampler:
-            report = run_pipeline(landing, workdir)
+            report = run_pipeline(landing, workdir, assignments=args.assignments)
         wall = time.perf_counter() - started
         rows = []
         for span in step_spans(workdir):
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = next((r["peak_mib"] for r in rows if r["step"] == "patients"), 0) or 1
     summary = {
         "admissions": args.admissions,
+        "settings": args.assignments,
         "generate_s": None if generated is None else round(generated, 1),
         "run_wall_s": round(wall, 1),
         "peak_mib": round(sampler.peak_mib),
