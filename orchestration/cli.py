@@ -19,6 +19,7 @@ def _generate(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         progress=True,
         task=args.task,
+        labs_per_admission=args.labs_per_admission,
     )
     print(f"wrote {args.out} ({summary.get('seconds', 0):.1f} s); truth in {summary['truth_dir']}")
     return 0
@@ -133,6 +134,13 @@ def parser() -> argparse.ArgumentParser:
         default="pneumonia",
         type=_task_name,
         help="the prediction task and where its signal lies (docs/synthetic.md)",
+    )
+    gen.add_argument(
+        "--labs-per-admission",
+        type=int,
+        default=0,
+        metavar="N",
+        help="top every admission up to ~N lab rows of label-free filler (benchmarks); 0: none",
     )
     gen.set_defaults(handler=_generate)
 

@@ -24,13 +24,15 @@ def generate(
     image_size: int = 128,
     progress: bool = False,
     task: Task | str = DEFAULT_TASK,
+    labs_per_admission: int = 0,
 ) -> dict:
     """Writes `admissions` admissions into the empty folder `out`, and the truth beside it.
 
     `task` names the prediction task (tasks.TASKS); the default, pneumonia, writes what the
     generator always wrote, byte for byte. Returns the summary (what summary.json holds, plus
     task, target, truth_dir and the seconds it took). The same arguments give byte-identical
-    files.
+    files. `labs_per_admission` N > 0 tops every admission up to about N lab rows with label-free
+    filler (dense_labs.py: benchmarks of a MIMIC-sized labevents); 0 (the default) adds none.
     """
     task = get_task(task)
     out = Path(out)
@@ -39,9 +41,11 @@ def generate(
     _refuse_non_empty(truth)
     if admissions < 1:
         raise ValueError("admissions must be at least 1")
+    if labs_per_admission < 0:
+        raise ValueError("labs_per_admission must be 0 (none added) or more")
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    zone = Zone(out, seed, image_size, task)
+    zone = Zone(out, seed, image_size, task, labs_per_admission)
     try:
         _fill(zone, admissions, seed, messy, progress, task)
     finally:
@@ -51,6 +55,8 @@ def generate(
     named = {"task": task.name, "target": task.target.config()}
     if task.name != DEFAULT_TASK:  # pneumonia's summary.json keeps its bytes; task.json says it
         summary.update(named)
+    if labs_per_admission:  # likewise: only a dense zone's summary names its density
+        summary["labs_per_admission"] = labs_per_admission
     write_truth(truth, frame, zone.quarantine, zone.leaks, summary, task.describe())
     return {
         **summary,

@@ -19,6 +19,7 @@ IDENTITY = 7
 OUTPATIENT = 8
 LAB_RECORDS = 9
 MESSY = 10
+FILLER_LABS = 11  # dense_labs.py: the extra label-free rows of --labs-per-admission
 
 
 def render_rng(seed: int, key: int, kind: int) -> np.random.Generator:

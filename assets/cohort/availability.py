@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from clinfuse.assets.cohort.window import allowed_notes, in_window, read_window_labs
+from clinfuse.assets.cohort.window import (
+    allowed_notes,
+    in_window,
+    read_window_labs,
+    window_lab_admissions,
+)
 from clinfuse.models.modalities import MODALITIES
 
 
@@ -35,9 +40,8 @@ def modality_availability(
 ) -> pd.DataFrame:
     """has_ehr, has_text, has_image, has_audio per cohort row (aligned to cohort's index)."""
     ids = cohort["hadm_id"].astype("int64")
-    labs = read_window_labs(labevents, cohort, window_hours)
     present = {
-        "ehr": set(labs["hadm_id"].dropna().astype("int64")),
+        "ehr": _with_window_labs(labevents, cohort, window_hours),
         "text": set(allowed_notes(notes, cohort, window_hours).index.astype("int64")),
         "image": set(
             latest_in_window(dicom_index, cohort, "study_datetime", window_hours)["hadm_id"]
@@ -50,3 +54,14 @@ def modality_availability(
         {f"has_{m}": ids.isin({int(h) for h in present[m]}) for m in MODALITIES},
         index=cohort.index,
     )
+
+
+def _with_window_labs(
+    labevents: Path | pd.DataFrame, cohort: pd.DataFrame, window_hours: float
+) -> set[int]:
+    """Admissions with a lab row in their window; for a Parquet path counted in DuckDB, so the
+    window's rows (GBs at MIMIC scale) are never held here."""
+    if isinstance(labevents, pd.DataFrame):
+        labs = read_window_labs(labevents, cohort, window_hours)
+        return set(labs["hadm_id"].dropna().astype("int64"))
+    return window_lab_admissions(labevents, cohort, window_hours)

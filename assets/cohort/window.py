@@ -3,6 +3,10 @@
 Every feature (labs, notes, images, recordings) goes through `in_window`, so the rule of
 landing-zone.md lives in one place; `allowed_notes` adds the notes' own rule (never a discharge
 summary). Plain code: no Dagster, so serving applies the same rule.
+
+At MIMIC scale the labs' window is cut by DuckDB (`write_window_labs`, `window_lab_admissions`)
+from the labevents Parquet straight into Parquet: the same rule (`window_sql`), in the same row
+order, and no step holds the window's rows in memory.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+
+from clinfuse.assets.ingest.ehr.engine import EngineConfig, connect, quote_literal
 
 # What the lab featurizer and the availability check read; `value` (free text) is left on disk
 # because nothing downstream uses it and it is the widest column of MIMIC's labevents.
@@ -104,6 +110,111 @@ def _lab_frame(labs: pd.DataFrame) -> pd.DataFrame:
     if "charttime" in out:
         out["charttime"] = pd.to_datetime(out["charttime"])
     return out.reset_index(drop=True)
+
+
+# -- the window in the engine -------------------------------------------------------------------
+
+
+def parquet_source(path: Path | str, row_numbers: bool = False) -> str:
+    """`read_parquet(...)` of a Parquet file or of every Parquet file under a folder (sorted, as
+    pyarrow.dataset lists them); `row_numbers` adds `filename` and `file_row_number`, which
+    give the rows' order."""
+    path = Path(path)
+    if not row_numbers:
+        target = str(path / "**" / "*.parquet") if path.is_dir() else str(path)
+        return f"read_parquet({quote_literal(target)})"
+    if path.is_dir():
+        target = quote_literal(str(path / "**" / "*.parquet"))
+        return f"read_parquet({target}, filename = true, file_row_number = true)"
+    # One file: a constant `filename`, so that sorts do not carry its path in every row.
+    target = quote_literal(str(path))
+    return f"(SELECT *, '' AS filename FROM read_parquet({target}, file_row_number = true))"
+
+
+def register_cohort(con, cohort: pd.DataFrame, name: str = "cohort_window") -> None:
+    """The cohort's hadm_id and admittime as a table the engine joins on."""
+    table = pa.table(
+        {
+            "hadm_id": pa.array(_ids(cohort["hadm_id"]), type=pa.int64()),
+            "admittime": pa.array(
+                pd.to_datetime(cohort["admittime"]).astype("datetime64[ns]").to_numpy(),
+                pa.timestamp("ns"),
+            ),
+        }
+    )
+    con.register(name, table)
+
+
+def window_sql(labs: str, window_hours: float, cohort: str = "cohort_window") -> str:
+    """The window rows (LAB_COLUMNS, hours_since_admit, and `filename`/`file_row_number`, the
+    file order) of `labs`, a read_parquet(..., row numbers) source: in_window's rule, in SQL.
+
+    admittime <= charttime < admittime + window_hours, compared in whole nanoseconds as pandas
+    does (the window's length is pd.Timedelta(hours=window_hours)); hours_since_admit is the
+    difference in nanoseconds divided by an hour's, in float64, as in_window computes it.
+    """
+    window_ns = int(pd.Timedelta(hours=float(window_hours)).value)
+    return f"""
+        SELECT l.subject_id, l.hadm_id, l.itemid, l.charttime, l.valuenum,
+               CAST(epoch_ns(l.charttime) - epoch_ns(c.admittime) AS DOUBLE)
+                   / 3600000000000.0 AS hours_since_admit,
+               l.filename, l.file_row_number
+        FROM {labs} AS l
+        JOIN {cohort} AS c ON l.hadm_id = c.hadm_id
+        WHERE epoch_ns(l.charttime) >= epoch_ns(c.admittime)
+          AND epoch_ns(l.charttime) < epoch_ns(c.admittime) + {window_ns}
+    """
+
+
+def write_window_labs(
+    labevents: Path | str,
+    cohort: pd.DataFrame,
+    window_hours: float,
+    out_path: Path,
+    engine: EngineConfig | None = None,
+) -> int:
+    """read_window_labs(labevents, ...) written to out_path as Parquet by DuckDB; returns rows.
+
+    Same rows, columns and order as read_window_labs gives (labevents' file order), Int64 ids
+    as int64. The window's rows are joined, sorted and written out of core: memory holds
+    DuckDB's limit, not the rows. The file appears at out_path only once complete.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(out_path.name + ".partial")
+    con = connect(engine)
+    try:
+        register_cohort(con, cohort)
+        rows = window_sql(parquet_source(labevents, row_numbers=True), window_hours)
+        query = f"""
+            SELECT subject_id, hadm_id, itemid, charttime, valuenum, hours_since_admit
+            FROM ({rows}) ORDER BY filename, file_row_number
+        """
+        target = quote_literal(str(partial))
+        con.execute(f"COPY ({query}) TO {target} (FORMAT parquet, ROW_GROUP_SIZE 500000)")
+        count = con.execute(f"SELECT count(*) FROM read_parquet({quote_literal(str(partial))})")
+        written = int(count.fetchone()[0])
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        con.close()
+    partial.replace(out_path)
+    return written
+
+
+def window_lab_admissions(
+    labevents: Path | str, cohort: pd.DataFrame, window_hours: float, engine=None
+) -> set[int]:
+    """hadm_ids with at least one lab row in their window: read_window_labs' ids, in DuckDB."""
+    con = connect(engine)
+    try:
+        register_cohort(con, cohort)
+        rows = window_sql(parquet_source(labevents, row_numbers=True), window_hours)
+        found = con.execute(f"SELECT DISTINCT hadm_id FROM ({rows})").fetchall()
+    finally:
+        con.close()
+    return {int(h) for (h,) in found}
 
 
 FORBIDDEN_NOTE_TYPES = ("DS",)  # discharge summaries state the diagnosis: never a feature

@@ -5,10 +5,13 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from clinfuse.assets.cohort.window import allowed_notes, read_window_labs
+from clinfuse.assets.cohort.window import allowed_notes, write_window_labs
 from clinfuse.assets.features.labs import LabFeaturizer
 from clinfuse.assets.features.text import NoteEmbedder
-from clinfuse.assets.resources import PipelineSettings
+from clinfuse.assets.ingest.ehr.engine import EngineConfig
+from clinfuse.assets.ingest.ingested import Ingested
+from clinfuse.assets.ingest.quarantine import rejects_frame
+from clinfuse.assets.resources import PipelineSettings, WorkDir
 from clinfuse.models.modalities import MODALITIES
 
 GROUP = "features"
@@ -19,37 +22,52 @@ def _train(cohort: pd.DataFrame) -> pd.DataFrame:
     return cohort[cohort["split"] == "train"]
 
 
-@dg.asset(group_name=GROUP, kinds={"pyarrow", "parquet"}, owners=OWNERS)
-def window_labs(settings: PipelineSettings, cohort: pd.DataFrame, labevents: Path) -> pd.DataFrame:
+def _engine(workdir: WorkDir) -> EngineConfig:
+    return EngineConfig.for_workdir(workdir.root, workdir.worker_count)
+
+
+@dg.asset(group_name=GROUP, kinds={"duckdb", "parquet"}, owners=OWNERS)
+def window_labs(
+    settings: PipelineSettings, workdir: WorkDir, cohort: pd.DataFrame, labevents: Path
+) -> Ingested:
     """Lab rows of cohort admissions charted inside their prediction window.
 
-    labevents is streamed once here; the featurizer, the features and their window check read
-    this small table instead of the whole (tens of GB at MIMIC scale) labevents again.
+    Cut from labevents by DuckDB straight into Parquet (read_window_labs' rows, in its order):
+    the featurizer, the features and their window check read this table instead of the whole
+    (tens of GB at MIMIC scale) labevents again, and no step holds it in memory to write it.
     """
-    return read_window_labs(labevents, cohort, settings.value.window_hours)
+    staging = workdir.folder("tables") / "window_labs.staging.parquet"
+    rows = write_window_labs(
+        labevents, cohort, settings.value.window_hours, staging, _engine(workdir)
+    )
+    return Ingested(rows=staging, rejects=rejects_frame(), seen=rows)
 
 
-@dg.asset(group_name=GROUP, kinds={"scikitlearn"}, owners=OWNERS)
-def lab_featurizer(cohort: pd.DataFrame, window_labs: pd.DataFrame, patients: pd.DataFrame) -> dict:
-    """Which lab items to use and their robust scaling, fitted on train admissions only."""
-    train_ids = set(_train(cohort)["hadm_id"])
-    train_labs = window_labs[
-        window_labs["hadm_id"].isin(train_ids)
-    ]  # nothing of the other splits is seen
-    return LabFeaturizer().fit(train_labs, _train(cohort), patients).to_dict()
+@dg.asset(group_name=GROUP, kinds={"scikitlearn", "duckdb"}, owners=OWNERS)
+def lab_featurizer(
+    workdir: WorkDir, cohort: pd.DataFrame, window_labs: Path, patients: pd.DataFrame
+) -> dict:
+    """Which lab items to use and their robust scaling, fitted on train admissions only.
+
+    Only train admissions' rows are read (nothing of the other splits is seen); DuckDB
+    aggregates them per admission, so memory holds the train admissions' aggregates only.
+    """
+    train = _train(cohort)
+    return LabFeaturizer().fit(window_labs, train, patients, engine=_engine(workdir)).to_dict()
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS)
 def lab_features(
     context: dg.AssetExecutionContext,
+    workdir: WorkDir,
     cohort: pd.DataFrame,
-    window_labs: pd.DataFrame,
+    window_labs: Path,
     patients: pd.DataFrame,
     lab_featurizer: dict,
 ) -> pd.DataFrame:
     """Per admission: window aggregates of each lab item, missing indicators, age and sex."""
     featurizer = LabFeaturizer.from_dict(lab_featurizer)
-    table = featurizer.transform(window_labs, cohort, patients)
+    table = featurizer.transform(window_labs, cohort, patients, engine=_engine(workdir))
     context.add_output_metadata({"features": len(featurizer.feature_names_)})
     return table.reset_index()
 

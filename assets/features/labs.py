@@ -2,16 +2,27 @@
 
 `LabFeaturizer` follows scikit-learn's contract (fit on the train split, transform every split)
 and its fitted state is plain JSON (`to_dict` / `from_dict`), so the served model applies the very
-transform the pipeline trained on. Input rows come from `window.read_window_labs`: they are
-already cut to [admittime, admittime + window).
+transform the pipeline trained on. Input rows come from `window.read_window_labs` (a DataFrame)
+or `window.write_window_labs` (a Parquet file): they are already cut to [admittime, admittime +
+window).
+
+Given a Parquet file, the item choice and the per-admission aggregates are computed by DuckDB
+(engine.py) and only their result, one row per (admission, item), comes into memory: the same
+items, order and ties ("last" by charttime, then file order); count, first, last, min and max
+are the very values, the mean agrees to float rounding (compensated sums on both sides).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+from clinfuse.assets.cohort.window import parquet_source
+from clinfuse.assets.ingest.ehr.engine import EngineConfig, connect
 
 # "first" with "last": a trend within the window (a rising creatinine) is their difference.
 AGGREGATES = ("first", "last", "min", "max", "mean", "count")
@@ -41,16 +52,27 @@ class LabFeaturizer:
 
     def fit(
         self,
-        window_labs: pd.DataFrame,
+        window_labs: pd.DataFrame | Path,
         cohort_train: pd.DataFrame,
         patients: pd.DataFrame,
         d_labitems: pd.DataFrame | None = None,
+        engine: EngineConfig | None = None,
     ) -> LabFeaturizer:
-        """Learn items and scaling from the train admissions (rows of others are ignored)."""
+        """Learn items and scaling from the train admissions (rows of others are ignored).
+
+        window_labs is a DataFrame, or the path of a Parquet file of window rows (aggregated
+        by DuckDB, with `engine`'s threads and memory).
+        """
         ids = cohort_train["hadm_id"]
-        numeric = _numeric_labs(window_labs, ids)
-        self.items_ = _most_frequent_items(numeric, self.max_items)
-        values, _ = _aggregate(numeric, self.items_, self.aggregates, ids)
+        if isinstance(window_labs, pd.DataFrame):
+            numeric = _numeric_labs(window_labs, ids)
+            self.items_ = _most_frequent_items(numeric, self.max_items)
+            stats = _stats(numeric, self.items_)
+        else:
+            with _EngineLabs(window_labs, ids, engine) as labs:
+                self.items_ = labs.most_frequent_items(self.max_items)
+                stats = labs.stats(self.items_)
+        values, _ = _widen(stats, self.items_, self.aggregates, ids)
         self.center_, self.scale_ = _robust_scaling(values)
         (self.age_center_,), (self.age_scale_,) = _robust_scaling(
             _age(cohort_train, patients).to_frame()
@@ -62,13 +84,21 @@ class LabFeaturizer:
     # -- applying ------------------------------------------------------------------------------
 
     def transform(
-        self, window_labs: pd.DataFrame, cohort: pd.DataFrame, patients: pd.DataFrame
+        self,
+        window_labs: pd.DataFrame | Path,
+        cohort: pd.DataFrame,
+        patients: pd.DataFrame,
+        engine: EngineConfig | None = None,
     ) -> pd.DataFrame:
         """The feature table: index hadm_id (cohort order), float32 columns feature_names_."""
         self._check_fitted()
         ids = cohort["hadm_id"]
-        numeric = _numeric_labs(window_labs, ids)
-        values, absent = _aggregate(numeric, self.items_, self.aggregates, ids)
+        if isinstance(window_labs, pd.DataFrame):
+            stats = _stats(_numeric_labs(window_labs, ids), self.items_)
+        else:
+            with _EngineLabs(window_labs, ids, engine) as labs:
+                stats = labs.stats(self.items_)
+        values, absent = _widen(stats, self.items_, self.aggregates, ids)
         raw = values.to_numpy(dtype=np.float64)
         scaled = (raw - np.asarray(self.center_)) / np.asarray(self.scale_)
         # NaN only where the item is absent, which the indicator says; 0 = the train median.
@@ -147,19 +177,26 @@ def _most_frequent_items(numeric: pd.DataFrame, max_items: int) -> list[int]:
     return [int(i) for i in ranked["itemid"].head(max_items)]
 
 
-def _aggregate(
-    numeric: pd.DataFrame, items: list[int], aggregates: tuple[str, ...], ids: pd.Series
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Unscaled values and the absent mask (ids x items).
+def _stats(numeric: pd.DataFrame, items: list[int]) -> pd.DataFrame:
+    """Every AGGREGATES of each (hadm_id, itemid) with a numeric result, items of `items` only.
 
-    values: rows = ids in order, columns = (aggregate, item) item-major, NaN where the item has
-    no numeric result in the window; count as log1p, counts being skewed. "last" is the latest
-    by charttime (ties keep file order: the sort is stable).
+    "last" is the latest by charttime (ties keep file order: the sort is stable).
     """
     rows = numeric[numeric["itemid"].isin(items)].sort_values(
         ["hadm_id", "itemid", "charttime"], kind="stable"
     )
-    stats = rows.groupby(["hadm_id", "itemid"])["valuenum"].agg(list(AGGREGATES))
+    return rows.groupby(["hadm_id", "itemid"])["valuenum"].agg(list(AGGREGATES))
+
+
+def _widen(
+    stats: pd.DataFrame, items: list[int], aggregates: tuple[str, ...], ids: pd.Series
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Unscaled values and the absent mask (ids x items) from the long `stats`.
+
+    values: rows = ids in order, columns = (aggregate, item) item-major, NaN where the item has
+    no numeric result in the window; count as log1p, counts being skewed.
+    """
+    stats = stats.copy()
     stats["count"] = np.log1p(stats["count"].astype("float64"))
     wide = stats.unstack("itemid").reindex(index=_as_ids(ids))
     levels = [None, "itemid"]  # named, so that an empty list of items still builds
@@ -168,6 +205,114 @@ def _aggregate(
     counts = pd.MultiIndex.from_tuples([("count", i) for i in items], names=levels)
     count = wide.reindex(columns=counts)
     return values, count.isna().to_numpy()
+
+
+class _EngineLabs:
+    """The numeric window rows of some admissions in a Parquet file, as DuckDB sees them.
+
+    What _numeric_labs keeps (a result, an admission of `ids`), in file order (`filename`,
+    `file_row_number`), which breaks charttime ties as the stable sort does in memory.
+    """
+
+    def __init__(self, path: Path | str, ids: pd.Series, engine: EngineConfig | None) -> None:
+        self.con = connect(engine)
+        wanted = pd.Series(_as_ids(ids)).drop_duplicates()
+        self.con.register("wanted_ids", pa.table({"hadm_id": pa.array(wanted, pa.int64())}))
+        self.rows = f"""
+            SELECT hadm_id, itemid, charttime, valuenum, filename, file_row_number
+            FROM {parquet_source(path, row_numbers=True)}
+            WHERE valuenum IS NOT NULL AND NOT isnan(valuenum)
+              AND hadm_id IN (SELECT hadm_id FROM wanted_ids)
+        """
+
+    def __enter__(self) -> _EngineLabs:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.con.close()
+
+    def most_frequent_items(self, max_items: int) -> list[int]:
+        """_most_frequent_items: by admissions measured, ties to the smaller itemid."""
+        query = f"""
+            SELECT itemid FROM ({self.rows})
+            GROUP BY itemid ORDER BY count(DISTINCT hadm_id) DESC, itemid ASC
+            LIMIT {int(max_items)}
+        """
+        return [int(i) for (i,) in self.con.execute(query).fetchall()]
+
+    def stats(self, items: list[int]) -> pd.DataFrame:
+        """_stats: AGGREGATES per (hadm_id, itemid), the very values pandas computes.
+
+        DuckDB sorts the rows as _stats does (charttime ties in file order) and streams them;
+        each (admission, item) is then reduced as pandas' groupby reduces it (GroupRunner), so
+        only one batch of rows and the per-group results are ever in memory.
+        """
+        runner = GroupRunner()
+        if items:
+            self.con.register("wanted_items", pa.table({"itemid": pa.array(items, pa.int64())}))
+            query = f"""
+                SELECT hadm_id, itemid, valuenum FROM ({self.rows})
+                WHERE itemid IN (SELECT itemid FROM wanted_items)
+                ORDER BY hadm_id, itemid, charttime, filename, file_row_number
+            """
+            for batch in self.con.sql(query).to_arrow_reader(STREAM_ROWS):
+                runner.add(batch)
+        return runner.result()
+
+
+STREAM_ROWS = 1_000_000  # rows of one batch streamed from the engine
+
+
+class GroupRunner:
+    """_stats over rows that arrive sorted as _stats sorts them, in batches of whole groups.
+
+    Each batch, less its last (admission, item), which may go on in the next batch, is
+    aggregated by pandas' own groupby: a group's aggregates depend only on its rows in their
+    order, so the result is bit for bit _stats' (the mean's compensated sum included).
+    """
+
+    def __init__(self) -> None:
+        self._tail: pd.DataFrame | None = None
+        self._parts: list[pd.DataFrame] = []
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        rows = pd.DataFrame(
+            {
+                "hadm_id": batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64),
+                "itemid": batch.column(1).to_numpy(zero_copy_only=False).astype(np.int64),
+                "valuenum": batch.column(2).to_numpy(zero_copy_only=False).astype(np.float64),
+            }
+        )
+        if self._tail is not None:
+            rows = pd.concat([self._tail, rows], ignore_index=True)
+            self._tail = None
+        if rows.empty:
+            return
+        hadm, item = rows["hadm_id"].to_numpy(), rows["itemid"].to_numpy()
+        last = int(_group_starts(hadm, item)[-1])  # the last group may go on in the next batch
+        self._tail = rows.iloc[last:].reset_index(drop=True)
+        if last:
+            self._parts.append(_group_stats(rows.iloc[:last]))
+
+    def result(self) -> pd.DataFrame:
+        if self._tail is not None:
+            self._parts.append(_group_stats(self._tail))
+            self._tail = None
+        if not self._parts:
+            return _group_stats(pd.DataFrame({"hadm_id": [], "itemid": [], "valuenum": []}))
+        return pd.concat(self._parts) if len(self._parts) > 1 else self._parts[0]
+
+
+def _group_stats(rows: pd.DataFrame) -> pd.DataFrame:
+    """_stats' groupby, on rows already in its order."""
+    rows = rows.astype({"hadm_id": "int64", "itemid": "int64", "valuenum": "float64"})
+    return rows.groupby(["hadm_id", "itemid"], sort=True)["valuenum"].agg(list(AGGREGATES))
+
+
+def _group_starts(hadm: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """Offsets where a new (hadm_id, itemid) begins in rows sorted by both."""
+    change = np.flatnonzero((hadm[1:] != hadm[:-1]) | (item[1:] != item[:-1])) + 1
+    return np.concatenate([[0], change]).astype(np.int64)
 
 
 def _robust_scaling(values: pd.DataFrame) -> tuple[list[float], list[float]]:

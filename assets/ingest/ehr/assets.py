@@ -10,6 +10,7 @@ import pandas as pd
 
 from clinfuse.assets.ingest.ehr import notes as notes_reader
 from clinfuse.assets.ingest.ehr import reader as ehr_reader
+from clinfuse.assets.ingest.ehr.engine import EngineConfig
 from clinfuse.assets.ingest.encodings import is_fallback
 from clinfuse.assets.ingest.ingested import Ingested
 from clinfuse.assets.resources import DECODE_POOL, LandingZone, WorkDir
@@ -35,12 +36,16 @@ def _describe_files(read: ehr_reader.TableRead) -> None:
             context.log.warning(f"{file}: not UTF-8, read as {encoding}")
     for file, kind in read.empty_files.items():
         context.log.warning(f"{file}: {kind}, 0 rows")
-    context.add_output_metadata(
-        {
-            "encodings": dg.MetadataValue.json(read.encodings),
-            "empty_files": dg.MetadataValue.json(read.empty_files),
-        }
-    )
+    for file, tokenizer in read.tokenizers.items():
+        if tokenizer != ehr_reader.ENGINE:
+            context.log.info(f"{file}: read by pandas (its layout is not one DuckDB takes as is)")
+    metadata = {
+        "encodings": dg.MetadataValue.json(read.encodings),
+        "empty_files": dg.MetadataValue.json(read.empty_files),
+    }
+    if read.tokenizers:
+        metadata["tokenizers"] = dg.MetadataValue.json(read.tokenizers)
+    context.add_output_metadata(metadata)
 
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS, deps=["landing_ehr"])
@@ -69,16 +74,20 @@ def diagnoses_icd(
     return _ingested(ehr_reader.read_diagnoses(landing.root, admissions, patients))
 
 
-@dg.asset(group_name=GROUP, kinds={"pyarrow", "parquet"}, owners=OWNERS, deps=["landing_ehr"])
+@dg.asset(
+    group_name=GROUP, kinds={"duckdb", "pyarrow", "parquet"}, owners=OWNERS, deps=["landing_ehr"]
+)
 def labevents(
     landing: LandingZone, workdir: WorkDir, admissions: pd.DataFrame, patients: pd.DataFrame
 ) -> Ingested:
     """Lab results, streamed in chunks into Parquet; rows without hadm_id linked by charttime.
 
     Outpatient labs (in no admission) are kept with an empty hadm_id and used by no admission.
+    DuckDB tokenizes the CSV (threads = the work directory's workers, spills under it).
     """
     staging = workdir.folder("tables") / "labevents.staging.parquet"
-    read = ehr_reader.stream_labevents(landing.root, staging, admissions, patients)
+    engine = EngineConfig.for_workdir(workdir.root, workdir.worker_count)
+    read = ehr_reader.stream_labevents(landing.root, staging, admissions, patients, engine=engine)
     _describe_files(read)
     return Ingested(rows=staging, rejects=read.rejects, seen=read.seen)
 
@@ -95,13 +104,24 @@ def notes(
     landing: LandingZone, workdir: WorkDir, admissions: pd.DataFrame, patients: pd.DataFrame
 ) -> Ingested:
     """Every note/ table, de-identified (docs/privacy.md) before anything of it is stored.
-    Discharge summaries are kept here and excluded from features later."""
+    Discharge summaries are kept here and excluded from features later.
+
+    Read and de-identified chunk by chunk (100,000 notes, each chunk over the process pool):
+    the raw text of one chunk is the only raw text in memory; the output is the whole
+    de-identified table, which downstream assets read as one DataFrame."""
     # Imported here: Presidio takes ~1 s to import, which every process loading the code
     # location would pay.
-    from clinfuse.assets.ingest.ehr.deid import NoteDeidentifier
+    from clinfuse.assets.ingest.ehr.deid import Deidentified, NoteDeidentifier
 
-    read = notes_reader.read_notes(landing.root, admissions, patients)
-    clean = NoteDeidentifier().series(read.rows["text"], workers=workdir.worker_count)
-    read.rows["text"] = clean.texts
-    dg.AssetExecutionContext.get().add_output_metadata(clean.metadata())  # counts, never text
+    deidentifier = NoteDeidentifier()
+    report = Deidentified(pd.Series([], dtype="string"))
+
+    def deidentify(rows: pd.DataFrame) -> pd.DataFrame:
+        clean = deidentifier.series(rows["text"], workers=workdir.worker_count)
+        report.notes_changed += clean.notes_changed
+        report.entities.update(clean.entities)
+        return rows.assign(text=clean.texts)
+
+    read = notes_reader.read_notes(landing.root, admissions, patients, keep=deidentify)
+    dg.AssetExecutionContext.get().add_output_metadata(report.metadata())  # counts, never text
     return _ingested(read)

@@ -10,11 +10,18 @@ counted: a note text with embedded newlines is one record however many lines it 
 Each table file is read as reader.load_table reads it: a link out of the landing zone is one
 quarantined input, a legacy encoding is read by fallback, an empty file holds 0 rows; the
 result names every file's encoding and every empty file.
+
+Files are read chunk by chunk (reader.read_table_chunks): every check is row by row (a note_id
+is a duplicate of one kept earlier, in this or an earlier chunk or file), and `keep` (the notes
+asset's de-identification) turns each chunk's kept rows into what is stored before the next
+chunk is read, so the raw text of one chunk is all the raw text ever in memory. The result is
+still one table: the stored (de-identified) text of every note.
 Plain code: no Dagster.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +34,7 @@ from clinfuse.assets.ingest.ehr.reader import (
     add_counts,
     admissions_for_linking,
     link_events,
-    load_table,
+    read_table_chunks,
     subject_ids,
 )
 from clinfuse.assets.ingest.quarantine import rejects_frame
@@ -41,10 +48,13 @@ def read_notes(
     admissions: pd.DataFrame,
     patients: pd.DataFrame,
     chunksize: int = 100_000,
+    keep: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> TableRead:
     """Every note table, linked to admissions; `file` is "note/" when any table exists.
 
-    A note_id already seen (in this or an earlier table) is quarantined as a duplicate.
+    A note_id already seen (in this or an earlier table) is quarantined as a duplicate. `keep`,
+    when given, is applied to each chunk's kept rows (NOTE_COLUMNS less source_table) before
+    they are stored.
     """
     landing = Path(landing)
     files = table_files(landing, "note")
@@ -55,23 +65,25 @@ def read_notes(
     seen_ids: set[str] = set()
     reads = []
     for path in files:
-        loaded = load_table(landing, path, ts.NOTES, "note", chunksize)
-        reads.append(_read_file(loaded, admissions, known, seen_ids))
+        check = _checks(admissions, known, seen_ids)
+        read = read_table_chunks(landing, path, ts.NOTES, "note", chunksize, check, keep)
+        read.rows = read.rows.assign(source_table=pd.Series(read.file, index=read.rows.index))
+        reads.append(read)
     return _combined(reads)
 
 
-def _read_file(
-    loaded: Loaded, admissions: pd.DataFrame, known: pd.Series, seen_ids: set[str]
-) -> TableRead:
-    """One note table: linked, de-duplicated against `seen_ids` (updated), tagged by file."""
-    rows = _link(loaded, admissions, known)
-    duplicate = rows["note_id"].isin(seen_ids) | rows["note_id"].duplicated()
-    loaded.reject(duplicate, DUPLICATE_NOTE)
-    rows = rows[~duplicate.to_numpy()]
-    seen_ids.update(rows["note_id"].dropna().tolist())
-    read = loaded.result()
-    read.rows = rows.assign(source_table=pd.Series(loaded.file, index=rows.index))
-    return read
+def _checks(admissions: pd.DataFrame, known: pd.Series, seen_ids: set[str]):
+    """A chunk's checks: linked, de-duplicated against `seen_ids` (updated with what it keeps)."""
+
+    def check(part: Loaded) -> pd.DataFrame:
+        rows = _link(part, admissions, known)
+        duplicate = rows["note_id"].isin(seen_ids) | rows["note_id"].duplicated()
+        part.reject(duplicate, DUPLICATE_NOTE)
+        rows = rows[~duplicate.to_numpy()]
+        seen_ids.update(rows["note_id"].dropna().tolist())
+        return rows
+
+    return check
 
 
 def _combined(reads: list[TableRead]) -> TableRead:

@@ -7,6 +7,10 @@ value spanning several physical lines is one record (csv_chunks.py).
 
 labevents is streamed: chunk by chunk it is parsed, linked to its admission and appended to one
 Parquet file, so memory holds one chunk whatever the table's size (MIMIC-IV's is ~118M rows).
+Its chunks are tokenized by DuckDB (csv_chunks.engine_chunks) when the file's layout allows,
+else, and whenever DuckDB gives up on the file, by pandas: the rows, rejects and row numbers are
+the same either way. diagnoses_icd and the notes are parsed and checked chunk by chunk too:
+only their good rows are kept, never the whole table's text cells.
 
 Files as hospitals export them (landing-zone.md): a table file that is a link resolving outside
 the landing zone is never opened; it counts as one seen input, quarantined "outside landing
@@ -17,33 +21,37 @@ Plain code: no Dagster.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clinfuse.assets.ingest.ehr import table_schema as ts
 from clinfuse.assets.ingest.ehr.csv_chunks import (
     AmbiguousTableError,
+    EngineUnsure,
     MissingColumnsError,
     TableFile,
     UnreadableTableError,
+    engine_chunks,
     inspect_table,
     raw_chunks,
     read_header,
     require_columns,
 )
 from clinfuse.assets.ingest.ehr.csv_chunks import find_table as _find_table
+from clinfuse.assets.ingest.ehr.engine import EngineConfig
 from clinfuse.assets.ingest.linking import link_to_admissions
 from clinfuse.assets.ingest.quarantine import (
     BAD_VALUE,
     DUPLICATE_ADMISSION,
     DUPLICATE_SUBJECT,
-    NO_ADMISSION,
     OUTSIDE_LANDING_ZONE,
     UNKNOWN_ADMISSION,
     UNKNOWN_PATIENT,
@@ -66,6 +74,8 @@ __all__ = [
 
 CHUNKSIZE = 500_000
 DUPLICATE_ITEM = "duplicate itemid"
+ENGINE = "duckdb"  # a `tokenizers` value: the file was tokenized by DuckDB's CSV reader
+PANDAS = "pandas"  # ... by pandas' (the layout did not allow DuckDB, or DuckDB gave up)
 LAB_COLUMNS = list(ts.LABEVENTS.output_kinds())
 NO_HEADER = "no header"  # an empty_files value: 0 bytes (or blank lines only), not even a header
 HEADER_ONLY = "header only"  # an empty_files value: a header and no data row
@@ -80,6 +90,7 @@ class TableRead:
     counts them. `coerced` counts optional cells that did not parse and were left empty.
     `encodings`: every file read -> its encoding (encodings.py); `empty_files`: every file that
     holds no data row -> NO_HEADER or HEADER_ONLY. Both are for the run log and the metadata.
+    `tokenizers`: labevents' file -> ENGINE or PANDAS, which tokenizer read it.
     """
 
     rows: pd.DataFrame
@@ -90,6 +101,7 @@ class TableRead:
     coerced: dict[str, int] = field(default_factory=dict)
     encodings: dict[str, str] = field(default_factory=dict)
     empty_files: dict[str, str] = field(default_factory=dict)
+    tokenizers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.ingested < 0:
@@ -165,17 +177,34 @@ def reasons_to_rejects(reasons: pd.Series, file: str | None, modality: str) -> p
 
 
 def parsed_chunks(
-    table: TableFile, schema: ts.TableSchema, chunksize: int
+    table: TableFile,
+    schema: ts.TableSchema,
+    chunksize: int,
+    engine: EngineConfig | None = None,
 ) -> Iterator[ts.ParsedChunk]:
     """The table's chunks, typed; a missing required column stops before any row is read.
 
     A file with no header at all yields nothing: it holds 0 rows, and no column is missing from
-    a file that names none.
+    a file that names none. With `engine`, the file (which must be table.engine_readable) is
+    tokenized by DuckDB; EngineUnsure may then come at any chunk.
     """
     header = read_header(table)
     if header is None:
         return
     require_columns(header, schema.required, table.label)
+    if engine is not None:
+        extra = functools.partial(ts.engine_select, schema)
+        for chunk in engine_chunks(table, schema.names, chunksize, engine, extra):
+            if pc.all(chunk.extra[ts.CLEAN]).as_py():
+                typed = {
+                    c.name: chunk.extra[ts.typed_name(c.name)]
+                    for c in schema.columns
+                    if ts.typed_name(c.name) in chunk.extra
+                }
+                yield ts.parse_clean(chunk.columns, typed, chunk.index, schema)
+            else:
+                yield ts.parse_columns(chunk.columns, chunk.index, schema)
+        return
     for raw in raw_chunks(table, schema.names, chunksize):
         yield ts.parse_chunk(raw.cells, schema, raw.malformed)
 
@@ -220,6 +249,77 @@ def load_table(
     if (kind := empty_kind(table, loaded.seen)) is not None:
         loaded.empty_files[table.label] = kind
     return loaded
+
+
+# A chunk's row-local checks: rejects rows of the chunk (Loaded.reject) and returns the rows it
+# keeps (None: its good rows as they are). It never sees another chunk's rows.
+ChunkCheck = Callable[[Loaded], "pd.DataFrame | None"]
+
+
+def read_table_chunks(
+    landing: Path,
+    path: Path | None,
+    schema: ts.TableSchema,
+    modality: str,
+    chunksize: int,
+    check: ChunkCheck,
+    keep: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> TableRead:
+    """A table whose checks are row by row, read chunk by chunk: only kept rows accumulate.
+
+    The same rows, rejects and counts as load_table followed by the same checks on the whole
+    table, for checks that look at one row at a time (unknown patient or admission; a note_id
+    seen before, with the ids seen carried by the check itself). `keep` transforms each chunk's
+    kept rows before they are stored (the notes' de-identification), so that one chunk's raw
+    cells are all of the raw table ever in memory.
+    """
+    empty = Loaded(
+        schema.empty_frame()[schema.names], pd.Series(dtype="string"), 0, None, modality, {}
+    )
+    if path is None:
+        return _checked_whole(empty, check)
+    table = inspect_table(Path(landing), path)
+    empty.file = table.label
+    if table.outside:
+        empty.seen = 1
+        empty.file_rejects.append(outside_reject(table, modality))
+        return _checked_whole(empty, check)
+    parts: list[pd.DataFrame] = []
+    rejects: list[pd.DataFrame] = []
+    coerced: dict[str, int] = {}
+    seen = 0
+    for chunk in parsed_chunks(table, schema, chunksize):
+        part = Loaded(chunk.frame, chunk.reasons, len(chunk.frame), table.label, modality, {})
+        rows = check(part)
+        rows = part.good if rows is None else rows
+        parts.append(keep(rows) if keep is not None else rows)
+        rejects.append(reasons_to_rejects(part.reasons, table.label, modality))
+        seen += part.seen
+        add_counts(coerced, chunk.coerced)
+    read = (
+        _checked_whole(empty, check)
+        if not parts
+        else TableRead(
+            rows=(pd.concat(parts) if len(parts) > 1 else parts[0]).reset_index(drop=True),
+            rejects=pd.concat(rejects, ignore_index=True),
+            seen=seen,
+            file=table.label,
+            coerced=coerced,
+        )
+    )
+    read.encodings[table.label] = table.encoding
+    if (kind := empty_kind(table, seen)) is not None:
+        read.empty_files[table.label] = kind
+    return read
+
+
+def _checked_whole(loaded: Loaded, check: ChunkCheck) -> TableRead:
+    """A table with no data row (absent, empty, or rejected whole), through the same check."""
+    kept = check(loaded)
+    read = loaded.result()
+    if kept is not None:
+        read.rows = kept.reset_index(drop=True)
+    return read
 
 
 def add_counts(total: dict[str, int], more: dict[str, int]) -> None:
@@ -291,11 +391,18 @@ def read_diagnoses(
     patients: pd.DataFrame,
     chunksize: int = CHUNKSIZE,
 ) -> TableRead:
-    """ICD codes of known admissions of known patients (the source of the label)."""
-    loaded = _load(landing, "diagnoses_icd", ts.DIAGNOSES_ICD, chunksize)
-    loaded.reject(unknown_patient(loaded.good, subject_ids(patients)), UNKNOWN_PATIENT)
-    loaded.reject(unknown_admission(loaded.good, admissions), UNKNOWN_ADMISSION)
-    return loaded.result()
+    """ICD codes of known admissions of known patients (the source of the label).
+
+    Read chunk by chunk (read_table_chunks): every check is row by row.
+    """
+    known = subject_ids(patients)
+
+    def check(part: Loaded) -> None:
+        part.reject(unknown_patient(part.good, known), UNKNOWN_PATIENT)
+        part.reject(unknown_admission(part.good, admissions), UNKNOWN_ADMISSION)
+
+    path = find_table(landing, "diagnoses_icd")
+    return read_table_chunks(landing, path, ts.DIAGNOSES_ICD, "ehr", chunksize, check)
 
 
 # -- labevents, streamed -----------------------------------------------------------------------
@@ -308,13 +415,33 @@ def link_events(
 
     Returns the linked rows and, per row, the reason it cannot be linked (unknown patient or
     admission; NA when fine). A row with no hadm_id in no admission is fine: hadm_id stays NA.
+
+    linking.link_to_admissions' rules; the rows that carry their hadm_id (most of them) are
+    checked here with array lookups, and only those to be linked by time go through it.
     """
-    linked = link_to_admissions(frame, admissions, known, time_column)
-    problem = linked["link_problem"].where(linked["link_problem"] != NO_ADMISSION)
-    out = frame.copy()
-    out["hadm_id_given"] = frame["hadm_id"].notna().to_numpy(dtype=bool)
-    out["hadm_id"] = linked["linked_hadm_id"].astype("Int64")
-    return out, problem.astype("string")
+    subject_na = frame["subject_id"].isna().to_numpy()
+    subject = frame["subject_id"].fillna(-1).astype("int64").to_numpy()
+    hadm_na = frame["hadm_id"].isna().to_numpy()
+    hadm = frame["hadm_id"].fillna(-1).astype("int64").to_numpy()
+    known_ids = known.dropna().astype("int64").to_numpy()
+    is_known = ~subject_na & np.isin(subject, known_ids)
+    owners = pd.Index(admissions["hadm_id"].astype("int64").to_numpy())
+    owner_subject = admissions["subject_id"].astype("int64").to_numpy()
+    where = owners.get_indexer(hadm)
+    found = where >= 0
+    given = is_known & ~hadm_na
+    matches = given & found & (owner_subject[np.where(found, where, 0)] == subject)
+    problem = np.full(len(frame), None, dtype=object)
+    problem[~is_known] = UNKNOWN_PATIENT
+    problem[given & ~matches] = UNKNOWN_ADMISSION
+    linked = pd.array(np.where(matches, hadm, 0), dtype="Int64")
+    linked[~matches] = pd.NA
+    by_time = is_known & hadm_na
+    if by_time.any():
+        timed = link_to_admissions(frame[by_time], admissions, known, time_column)
+        linked[np.flatnonzero(by_time)] = timed["linked_hadm_id"].astype("Int64").to_numpy()
+    out = frame.assign(hadm_id_given=~hadm_na, hadm_id=pd.Series(linked, index=frame.index))
+    return out, pd.Series(problem, index=frame.index, dtype="string")
 
 
 def admissions_for_linking(admissions: pd.DataFrame) -> pd.DataFrame:
@@ -335,6 +462,8 @@ def stream_labevents(
     admissions: pd.DataFrame,
     patients: pd.DataFrame,
     chunksize: int = CHUNKSIZE,
+    engine: EngineConfig | None = None,
+    use_engine: bool = True,
 ) -> TableRead:
     """Parse, link and append labevents to one Parquet file at out_path, chunk by chunk.
 
@@ -342,15 +471,47 @@ def stream_labevents(
     the file is written even when the table is absent or empty, so readers never special-case.
     `hadm_id` is the admission the row belongs to: given, or linked by charttime; NA for an
     outpatient lab. The file appears at out_path only once complete (written beside, renamed).
+
+    The file is tokenized by DuckDB (`engine`: threads, memory; the defaults when None) when
+    its layout allows (csv_chunks.Layout); if DuckDB gives up part way, what it wrote is
+    dropped and pandas reads the file from the start. `use_engine=False` always reads with
+    pandas (the reference the engine is tested against).
     """
     landing, out_path = Path(landing), Path(out_path)
     path = find_table(landing, "labevents")
-    table = inspect_table(landing, path) if path is not None else None
+    table = inspect_table(landing, path, layout=use_engine) if path is not None else None
     links = admissions_for_linking(admissions)
     known = pd.Series(sorted(subject_ids(patients)), dtype="Int64")
-    schema = ts.LABEVENTS.arrow_schema()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
+    try:
+        read = None
+        if table is not None and use_engine and table.engine_readable:
+            try:
+                read = _write_labevents(
+                    partial, table, links, known, chunksize, engine or EngineConfig()
+                )
+            except EngineUnsure:
+                partial.unlink(missing_ok=True)
+        if read is None:
+            read = _write_labevents(partial, table, links, known, chunksize, None)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # no half-written file for the next run to trust
+        raise
+    partial.replace(out_path)
+    return read
+
+
+def _write_labevents(
+    partial: Path,
+    table: TableFile | None,
+    links: pd.DataFrame,
+    known: pd.Series,
+    chunksize: int,
+    engine: EngineConfig | None,
+) -> TableRead:
+    """One attempt at the whole file: DuckDB tokenizing when `engine`, else pandas."""
+    schema = ts.LABEVENTS.arrow_schema()
     read = TableRead(
         rows=ts.LABEVENTS.empty_frame()[LAB_COLUMNS],
         rejects=rejects_frame(),
@@ -358,16 +519,14 @@ def stream_labevents(
         file=table.label if table is not None else None,
         ingested=0,
     )
-    try:
-        with pq.ParquetWriter(partial, schema) as writer:
-            if table is not None:
-                _stream_into(writer, schema, table, read, links, known, chunksize)
-            if read.ingested == 0:
-                writer.write_table(schema.empty_table())
-    except BaseException:
-        partial.unlink(missing_ok=True)  # no half-written file for the next run to trust
-        raise
-    partial.replace(out_path)
+    with pq.ParquetWriter(partial, schema) as writer:
+        if table is not None:
+            _stream_into(writer, schema, table, read, links, known, chunksize, engine)
+        if read.ingested == 0:
+            writer.write_table(schema.empty_table())
+    layout = table.layout if table is not None else None
+    if engine is not None and layout is not None and read.seen != layout.records:
+        raise EngineUnsure(f"{read.file}: {read.seen} rows, {layout.records} records")
     return read
 
 
@@ -379,6 +538,7 @@ def _stream_into(
     links: pd.DataFrame,
     known: pd.Series,
     chunksize: int,
+    engine: EngineConfig | None = None,
 ) -> None:
     """Every chunk of one labevents file, linked and written; its counts added to `read`."""
     if table.outside:
@@ -386,7 +546,7 @@ def _stream_into(
         read.seen = 1
         return
     rejects = []
-    for chunk in parsed_chunks(table, ts.LABEVENTS, chunksize):
+    for chunk in parsed_chunks(table, ts.LABEVENTS, chunksize, engine):
         rows, reasons = _link_chunk(chunk, links, known)
         writer.write_table(pa.Table.from_pandas(rows, schema=schema, preserve_index=False))
         rejects.append(reasons_to_rejects(reasons, table.label, "ehr"))
@@ -396,6 +556,7 @@ def _stream_into(
     if rejects:
         read.rejects = pd.concat(rejects, ignore_index=True)
     read.encodings[table.label] = table.encoding
+    read.tokenizers[table.label] = PANDAS if engine is None else ENGINE
     if (kind := empty_kind(table, read.seen)) is not None:
         read.empty_files[table.label] = kind
 

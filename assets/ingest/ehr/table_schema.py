@@ -9,6 +9,7 @@ Types: ids and integers Int64, times datetime64[ns] (naive), numbers float64, te
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -17,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clinfuse.assets.ingest.ehr.engine import quote_literal, quote_name
 from clinfuse.assets.ingest.quarantine import BAD_VALUE, MISSING_VALUE
 
 Kind = Literal["id", "int", "time", "number", "text"]
@@ -204,25 +206,43 @@ def parse_chunk(
     and is counted in `coerced`: rejecting a patient for a garbled `dod` would orphan all their
     admissions. An absent optional column comes back all NA (a fixed schema downstream).
     """
-    reasons = pd.Series(pd.NA, index=cells.index, dtype="string")
+    columns = {
+        name: pa.array(cells[name].array, type=pa.large_string())
+        for name in schema.names
+        if name in cells.columns
+    }
+    return parse_columns(columns, cells.index, schema, malformed)
+
+
+def parse_columns(
+    columns: dict[str, pa.Array],
+    index: pd.Index,
+    schema: TableSchema,
+    malformed: np.ndarray | None = None,
+) -> ParsedChunk:
+    """parse_chunk on Arrow text columns (null or "" = empty), rows numbered by `index`.
+
+    What the engine tokenizer hands over (csv_chunks.engine_chunks); the parsing is the same.
+    """
+    reasons = pd.Series(pd.NA, index=index, dtype="string")
     if malformed is not None and malformed.any():
         reasons[malformed] = f"{BAD_VALUE} row: wrong number of fields"
     out: dict[str, pd.Series] = {}
     coerced: dict[str, int] = {}
     for column in schema.columns:
-        raw, present = _cells(cells, column.name)
+        raw, present = _cells(columns, column.name, len(index))
         values, ok = parse_cells(raw, present, column.kind)
         bad = present & ~ok
         if column.required:
             if not column.nullable:
                 reasons = first_reason(reasons, ~present, f"{MISSING_VALUE} {column.name}")
             if bad.any():
-                reasons = first_reason(reasons, bad, _bad_reason(column.name, raw, bad, cells))
+                reasons = first_reason(reasons, bad, _bad_reason(column.name, raw, bad, index))
         elif bad.any():
             coerced[column.name] = int(bad.sum())
-        values.index = cells.index
+        values.index = index
         out[column.name] = values
-    frame = pd.DataFrame(out, index=cells.index)
+    frame = pd.DataFrame(out, index=index)
     return ParsedChunk(frame=frame, reasons=reasons, coerced=coerced)
 
 
@@ -240,20 +260,22 @@ def first_reason(
     return out
 
 
-def _bad_reason(name: str, raw: pa.Array, bad: np.ndarray, cells: pd.DataFrame) -> pd.Series:
+def _bad_reason(name: str, raw: pa.Array, bad: np.ndarray, index: pd.Index) -> pd.Series:
     """The reason of each bad cell, quoting it cut short (ids and times, never note text)."""
-    shown = pd.Series(raw.filter(pa.array(bad)).to_pylist(), index=cells.index[bad])
+    shown = pd.Series(raw.filter(pa.array(bad)).to_pylist(), index=index[bad])
     return f"{BAD_VALUE} {name}: '" + shown.str.slice(0, _DETAIL_CHARS) + "'"
 
 
-def _cells(cells: pd.DataFrame, name: str) -> tuple[pa.Array, np.ndarray]:
+def _cells(columns: dict[str, pa.Array], name: str, rows: int) -> tuple[pa.Array, np.ndarray]:
     """One column as Arrow text, null where empty ("" is MIMIC's NULL), and where present.
 
     An absent (optional) column is all null.
     """
-    if name not in cells.columns:
-        return pa.nulls(len(cells), pa.large_string()), np.zeros(len(cells), dtype=bool)
-    raw = pa.array(cells[name].array, type=pa.large_string())
+    if name not in columns:
+        return pa.nulls(rows, pa.large_string()), np.zeros(rows, dtype=bool)
+    raw = columns[name]
+    if raw.type != pa.large_string():
+        raw = pc.cast(raw, pa.large_string())
     blank = pc.equal(pc.utf8_trim_whitespace(raw), "")
     present = ~np.asarray(blank.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
     return _only(raw, present), present
@@ -325,8 +347,11 @@ def _pandas_integer(text: pd.Series, present: np.ndarray) -> tuple[pd.Series, np
     Plain digits are converted exactly (no float64 round trip for long ids).
     """
     stripped = text.str.strip().reset_index(drop=True)
-    digits = stripped.str.fullmatch(_DIGITS).fillna(False).to_numpy(dtype=bool) & present
-    values = stripped.where(digits).astype("Int64")
+    # ASCII digits only, as in the Arrow path: Python's \d also takes "٣", which no cast reads.
+    digits = stripped.str.fullmatch(_DIGITS, flags=re.ASCII)
+    digits = digits.fillna(False).to_numpy(dtype=bool) & present
+    # "+5" matches _DIGITS but no cast to Int64 takes its sign: drop it first
+    values = stripped.where(digits).str.removeprefix("+").astype("Int64")
     rest = present & ~digits
     if rest.any():
         number = pd.to_numeric(stripped[rest].astype(object), errors="coerce").astype("float64")
@@ -359,3 +384,96 @@ _PANDAS_PARSERS = {
     "time": _pandas_time,
     "number": _pandas_number,
 }
+
+
+# -- the engine's share of the parsing ---------------------------------------------------------
+#
+# DuckDB tokenizes labevents (csv_chunks.engine_chunks) and, in the same query, types the cells
+# whose text leaves no room for doubt: no blank around them, in the commonest shape of their
+# kind, values every cast agrees on (an integer of at most 18 digits without "+"; a decimal
+# number; "YYYY-MM-DD HH:MM:SS" of a real date in 1700-2261, inside datetime64[ns]; text that
+# starts and ends with a printable ASCII character, so trimming leaves it as it is). A chunk all
+# of whose cells are such, or empty, is "clean" and taken from DuckDB's typed columns
+# (parse_clean); any other chunk is parsed from its text by parse_columns, as pandas' chunks
+# are. So the engine only ever decides what parse_columns would decide the same way.
+
+_FAST_PATTERNS = {
+    "id": r"-?[0-9]{1,18}",
+    "int": r"-?[0-9]{1,18}",
+    "number": r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?",
+    "time": r"(?:1[7-9][0-9]{2}|2[01][0-9]{2}|22[0-5][0-9]|226[01])-(?:0[1-9]|1[0-2])"
+    r"-(?:0[1-9]|[12][0-9]|3[01]) (?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]",
+    "text": r"(?s)[!-~](?:.*[!-~])?",
+}
+_FAST_TYPES = {"id": "BIGINT", "int": "BIGINT", "number": "DOUBLE", "time": "TIMESTAMP"}
+CLEAN = "__clean"  # the query's column: every cell of the row is clean
+
+
+def typed_name(name: str) -> str:
+    return f"__typed_{name}"
+
+
+def engine_select(schema: TableSchema, header: list[str]) -> list[str]:
+    """The SQL expressions engine_chunks adds for `schema`: typed columns and CLEAN."""
+    clean, typed = [], []
+    for column in schema.columns:
+        if column.name not in header:
+            continue  # absent: all empty, as parse_columns makes it
+        cell = quote_name(column.name)
+        empty = f"({cell} IS NULL OR {cell} = '')"
+        shaped = f"regexp_full_match({cell}, {quote_literal(_FAST_PATTERNS[column.kind])})"
+        if column.kind == "text":
+            clean.append(f"({empty} OR {shaped})")
+            continue
+        cast = f"TRY_CAST({cell} AS {_FAST_TYPES[column.kind]})"
+        parsed = f"({cast} IS NOT NULL)"
+        if column.kind == "number":
+            parsed = f"coalesce(isfinite({cast}), false)"
+        clean.append(f"({empty} OR ({shaped} AND {parsed}))")
+        value = f"TRY_CAST({cast} AS TIMESTAMP_NS)" if column.kind == "time" else cast
+        typed.append(f"{value} AS {quote_name(typed_name(column.name))}")
+    every = " AND ".join(clean) if clean else "true"
+    return [*typed, f"coalesce({every}, false) AS {quote_name(CLEAN)}"]
+
+
+def parse_clean(
+    columns: dict[str, pa.Array], typed: dict[str, pa.Array], index: pd.Index, schema: TableSchema
+) -> ParsedChunk:
+    """parse_columns' result for a clean chunk, from DuckDB's typed columns."""
+    rows = len(index)
+    reasons = pd.Series(pd.NA, index=index, dtype="string")
+    out: dict[str, pd.Series] = {}
+    for column in schema.columns:
+        raw = columns.get(column.name)
+        if raw is None:  # absent optional column: exactly what parse_columns makes of it
+            raw_cells, present = _cells(columns, column.name, rows)
+            values, _ = parse_cells(raw_cells, present, column.kind)
+        else:
+            present = np.asarray(
+                pc.fill_null(pc.not_equal(raw, ""), False).to_numpy(zero_copy_only=False),
+                dtype=bool,
+            )
+            values = _clean_values(column.kind, raw, typed.get(column.name), present)
+        if column.required and not column.nullable:
+            reasons = first_reason(reasons, ~present, f"{MISSING_VALUE} {column.name}")
+        values.index = index
+        out[column.name] = values
+    return ParsedChunk(frame=pd.DataFrame(out, index=index), reasons=reasons, coerced={})
+
+
+def _clean_values(
+    kind: str, raw: pa.Array, typed: pa.Array | None, present: np.ndarray
+) -> pd.Series:
+    """One clean column as parse_cells types it (the same dtypes, NA where empty)."""
+    if kind == "text":
+        text = raw if raw.type == pa.large_string() else pc.cast(raw, pa.large_string())
+        return pd.Series(pd.arrays.ArrowStringArray(_only(text, present)))
+    assert typed is not None
+    if kind in ("id", "int"):
+        data = np.asarray(typed.fill_null(0).to_numpy(zero_copy_only=False), dtype="int64")
+        return pd.Series(pd.arrays.IntegerArray(data, ~present))
+    if kind == "time":
+        values = pc.cast(typed, pa.timestamp("ns")).to_pandas()
+        return pd.Series(values.to_numpy(dtype="datetime64[ns]"))
+    number = np.asarray(typed.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return pd.Series(np.where(present, number, np.nan), dtype="float64")
