@@ -19,6 +19,7 @@ import pandas as pd
 from clinfuse.assets.ingest.audio import reader as audio_reader
 from clinfuse.assets.ingest.audio.manifest import file_problem
 from clinfuse.assets.ingest.decoded import DecodeStore, reused_record, typed
+from clinfuse.assets.ingest.paths import Zone
 from clinfuse.assets.settings import AudioSettings
 
 RECORD_DTYPES: dict[str, str] = {
@@ -52,7 +53,8 @@ def decode_delivery(
     """`files` (relative to the zone, audio/...) decoded, or copied from the store by content."""
     audio_root = Path(landing) / "audio"
     relatives = [f.removeprefix("audio/") for f in files]
-    problems = {r: file_problem(audio_root, r) for r in relatives}
+    zone = Zone.of(Path(landing))
+    problems = {r: file_problem(audio_root, r, zone) for r in relatives}
     readable = [r for r in relatives if problems[r] is None]
     known = store.known()
     hashes = _content_hashes(audio_root, readable) if len(known) else {}

@@ -54,13 +54,14 @@ def _outside_manifest() -> pd.DataFrame:
     return table
 
 
-def file_problem(audio_root: Path, relative: str) -> str | None:
+def file_problem(audio_root: Path, relative: str, zone: Zone | None = None) -> str | None:
     """Why the file a row names cannot be read, checked without opening it; None when it can.
 
-    Outside first: a link out of the zone is never looked at beyond resolving it.
+    Outside first: a link out of the zone is never looked at beyond resolving it. `zone`: the
+    landing zone's, resolved once by a caller asking for many files.
     """
     path = Path(audio_root) / relative
-    if not Zone.of(Path(audio_root).parent).contains(path):
+    if not (zone or Zone.of(Path(audio_root).parent)).contains(path):
         return OUTSIDE_LANDING_ZONE
     return None if path.is_file() else MISSING_FILE
 

@@ -33,7 +33,7 @@ from clinfuse.assets.ingest.audio.manifest import file_problem, read_manifest, r
 from clinfuse.assets.ingest.audio.reader import FILE_REASONS, SHARD_PREFIX, usable_cores
 from clinfuse.assets.ingest.decoded import DecodeStore
 from clinfuse.assets.ingest.linking import link_to_admissions
-from clinfuse.assets.ingest.paths import walk_entries
+from clinfuse.assets.ingest.paths import Zone, walk_entries
 from clinfuse.assets.ingest.quarantine import (
     DUPLICATE_RECORDING,
     Reject,
@@ -97,17 +97,19 @@ def index_recordings(
         (int(r.manifest_row), _row_reject(r.manifest_row, r.problem))
         for r in rows[rows["problem"].notna()].itertuples()
     ]
-    by_path = records.drop_duplicates("path", keep="last").set_index("path")
+    # A dict of plain rows: a pandas lookup per manifest row costs more than decoding a short
+    # recording's worth of bookkeeping.
+    by_path = records.drop_duplicates("path", keep="last").set_index("path").to_dict("index")
     claimed: set[str] = set()
     index_rows: list[dict] = []
     for row in rows[rows["problem"].isna()].itertuples():
         path = f"audio/{row.path}"
-        if path not in by_path.index:
+        if path not in by_path:
             raise NotInDelivery(
                 f"{path}: in the manifest but in no delivery yet; `clinfuse run`, the landing-zone "
                 "sensor or the schedule adds it (docs/architecture.md, Deliveries)"
             )
-        record = by_path.loc[path]
+        record = {"sha256": None, "reason": None, **by_path[path]}
         reject = _record_reject(row, record, claimed)
         if reject is not None:
             rejects.append((int(row.manifest_row), reject))
@@ -164,7 +166,8 @@ def _check_files(rows: pd.DataFrame, audio_root: Path) -> pd.DataFrame:
     "outside landing zone" (never opened), or is not there -> "missing file"."""
     rows = rows.copy()
     fine = rows["problem"].isna()
-    problems = rows.loc[fine, "path"].map(lambda rel: file_problem(audio_root, rel))
+    zone = Zone.of(Path(audio_root).parent)
+    problems = rows.loc[fine, "path"].map(lambda rel: file_problem(audio_root, rel, zone))
     problems = problems[problems.notna()]
     rows.loc[problems.index, "problem"] = problems
     return rows
@@ -187,7 +190,7 @@ def _row_reject(manifest_row: int, reason: str) -> Reject:
     return Reject("audio", row_source(MANIFEST, int(manifest_row)), str(reason))
 
 
-def _record_reject(row, record: pd.Series, claimed: set[str]) -> Reject | None:
+def _record_reject(row, record: dict, claimed: set[str]) -> Reject | None:
     """The reject for a row given its file's record, or None when the row is ingested.
 
     The first row to reach a file's content claims it, decodable or not; later rows with the
@@ -206,7 +209,7 @@ def _record_reject(row, record: pd.Series, claimed: set[str]) -> Reject | None:
     return _row_reject(row.manifest_row, reason)
 
 
-def _index_row(row, record: pd.Series) -> dict:
+def _index_row(row, record: dict) -> dict:
     return {
         "path": f"audio/{row.path}",
         "sha256": record["sha256"],
