@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from memory import process_tree, rss_kib
 
 
 def bench_dicom(
@@ -159,7 +160,7 @@ def _timed(work: Callable[[], dict]) -> dict:
 
 def _tree_cpu() -> float:
     total = 0
-    for pid in _process_tree(os.getpid()):
+    for pid in process_tree():
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -175,9 +176,9 @@ def _measure(work: Callable[[], dict], tree: bool) -> dict:
 
     def sample() -> None:
         while not stop.is_set():
-            pids = _process_tree(os.getpid()) if tree else [os.getpid()]
+            pids = process_tree() if tree else [os.getpid()]
             peak["peak_pss_mb"] = max(peak["peak_pss_mb"], sum(map(_pss_kib, pids)) / 1024)
-            peak["peak_rss_mb"] = max(peak["peak_rss_mb"], sum(map(_rss_kib, pids)) / 1024)
+            peak["peak_rss_mb"] = max(peak["peak_rss_mb"], sum(map(rss_kib, pids)) / 1024)
             stop.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -188,36 +189,6 @@ def _measure(work: Callable[[], dict], tree: bool) -> dict:
         stop.set()
         sampler.join()
     return {"value": value, **peak}
-
-
-def _process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def _rss_kib(pid: int) -> int:
-    """Resident set size: summed over processes it counts shared pages once per process (an
-    upper bound, the figure a container's memory limit is closest to)."""
-    try:
-        return (
-            int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-            * os.sysconf("SC_PAGE_SIZE")
-            // 1024
-        )
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def _pss_kib(pid: int) -> int:

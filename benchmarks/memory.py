@@ -17,36 +17,35 @@ from pathlib import Path
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _parents() -> dict[int, int]:
-    found = {}
+def process_tree(root: int | None = None) -> list[int]:
+    """`root` (default: this process) and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        found[int(entry.name)] = int(fields[1])
-    return found
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root or os.getpid()]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of one process (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE // 1024
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def tree_rss_mib(root: int | None = None) -> float:
     """Resident MiB of `root` (default: this process) and all its descendants, now."""
-    root = root or os.getpid()
-    parents = _parents()
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        tree.update(children)
-        frontier.extend(children)
-    total = 0
-    for pid in tree:
-        try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-        except (OSError, IndexError):
-            continue
-    return total / 2**20
+    return sum(rss_kib(pid) for pid in process_tree(root)) / 1024
 
 
 class TreeSampler:

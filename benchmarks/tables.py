@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from memory import tree_rss_mib
 
 from clinfuse.assets.checks import expectations
 from clinfuse.assets.cohort.assets import build_cohort
@@ -75,25 +76,7 @@ class Peak:
 
 
 def _tree_rss_kib() -> int:
-    """RSS summed over this process and its descendants (shared pages counted per process)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [os.getpid()]
-    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page_kib
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+    return round(tree_rss_mib() * 1024)
 
 
 class Stages:

@@ -59,10 +59,11 @@ def record_deliveries(
     for key in reconciled.removed:
         for store in stores:
             store.forget(key)
+    decoded = [set(store.deliveries()) for store in stores]
     stale = tuple(
         key
         for key in current
-        if key != reconciled.added and any(key not in store.deliveries() for store in stores)
+        if key != reconciled.added and any(key not in done for done in decoded)
     )
     return DeliveryPlan(
         reconciled,

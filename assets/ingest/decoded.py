@@ -22,6 +22,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,27 @@ def _replace_json(path: Path, value: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(value))
     os.replace(tmp, path)
+
+
+HASH_THREADS = 8  # reading and hashing release the GIL: threads keep the disk busy
+
+
+@dataclass(frozen=True)
+class DeliveryDecode:
+    """What decoding one delivery gave: a record per file, and how many a decoder read."""
+
+    records: pd.DataFrame  # one row per file of the delivery, in path order
+    decoded: int  # files handed to a decoder (the rest were copied by content, or not opened)
+
+    def metadata(self, store: DecodeStore) -> dict[str, object]:
+        """The delivery partition's materialization metadata."""
+        return {
+            "files": len(self.records),
+            "decoded": self.decoded,
+            "not_decoded": len(self.records) - self.decoded,  # copied by content, or unopened
+            "undecodable": int(self.records["reason"].notna().sum()),
+            "store": str(store.directory),
+        }
 
 
 def settings_digest(settings: Mapping[str, object]) -> str:
@@ -92,6 +114,24 @@ class DecodeStore:
         if not frames:
             return pd.DataFrame(columns=["delivery", *columns]).set_index("sha256")
         return pd.concat(frames, ignore_index=True).drop_duplicates("sha256").set_index("sha256")
+
+    def reusable(
+        self, paths: list[str], digest: Callable[[str], str | None]
+    ) -> dict[str, pd.Series]:
+        """path -> the store's record of its content, for the paths whose sha256 (`digest`:
+        None when the file cannot be hashed) the store already holds. Hashing only when the
+        store holds anything: a first delivery has nothing to find."""
+        known = self.known()
+        if not len(known):
+            return {}
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            hashes = dict(zip(paths, pool.map(digest, paths), strict=True))
+        return {p: known.loc[h] for p, h in hashes.items() if h is not None and h in known.index}
+
+    def keep(self, delivery: str, result: DeliveryDecode) -> dict[str, object]:
+        """save, and the partition's metadata."""
+        self.save(delivery, result.records, result.decoded)
+        return result.metadata(self)
 
     def writer(self, delivery: str) -> ShardWriter:
         """A writer of the delivery's next generation (g1 the first time: names are stable)."""

@@ -45,12 +45,7 @@ def scan_landing(root: Path) -> dict[str, int]:
 
 
 def _size(zone: Zone, path: Path) -> int:
-    if not path.is_symlink():
-        return path.stat().st_size
-    real = zone.real(path)
-    if real is not None and real.is_file():
-        return real.stat().st_size
-    return os.lstat(path).st_size
+    return _stamp(zone, path)[0]
 
 
 def next_cursor(cursor: dict, current: dict[str, int]) -> tuple[list[str], dict]:
@@ -220,12 +215,6 @@ def delivery_key(paths: list[str], when: datetime) -> str:
     """`20261201T125547-1a2b3c`: sorts by arrival, and two deliveries in one second differ."""
     digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:6]
     return f"{when.astimezone(UTC):%Y%m%dT%H%M%S}-{digest}"
-
-
-def delivery_files(ledger: pd.DataFrame, delivery: str, folder: str) -> list[str]:
-    """The delivery's files under `folder` (dicom or audio), relative to the zone, sorted."""
-    mine = ledger.loc[ledger["delivery"] == delivery, "path"]
-    return sorted(p for p in mine if p.startswith(f"{folder}/"))
 
 
 def deliveries_in_order(ledger: pd.DataFrame) -> list[str]:

@@ -75,14 +75,7 @@ def _decoder(
             workdir.worker_count,
             progress=log_progress(context, f"audio {delivery}"),
         )
-        store.save(delivery, result.records, result.decoded)
-        return {
-            "files": len(files),
-            "decoded": result.decoded,
-            "copied_or_unopened": len(files) - result.decoded,
-            "undecodable": int(result.records["reason"].notna().sum()),
-            "store": str(store.directory),
-        }
+        return store.keep(delivery, result)
 
     return decode
 

@@ -10,15 +10,13 @@ row naming it will get).
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from clinfuse.assets.ingest.audio import reader as audio_reader
 from clinfuse.assets.ingest.audio.manifest import file_problem
-from clinfuse.assets.ingest.decoded import DecodeStore, reused_record, typed
+from clinfuse.assets.ingest.decoded import DecodeStore, DeliveryDecode, reused_record, typed
 from clinfuse.assets.ingest.paths import Zone
 from clinfuse.assets.settings import AudioSettings
 
@@ -32,13 +30,6 @@ RECORD_DTYPES: dict[str, str] = {
     "shard": "string",
     "slot": "Int64",
 }
-HASH_THREADS = 8
-
-
-@dataclass(frozen=True)
-class DeliveryDecode:
-    records: pd.DataFrame  # RECORD_DTYPES, one row per file of the delivery, in path order
-    decoded: int  # files handed to a decoder (the rest were copied by content, or not opened)
 
 
 def decode_delivery(
@@ -56,9 +47,7 @@ def decode_delivery(
     zone = Zone.of(Path(landing))
     problems = {r: file_problem(audio_root, r, zone) for r in relatives}
     readable = [r for r in relatives if problems[r] is None]
-    known = store.known()
-    hashes = _content_hashes(audio_root, readable) if len(known) else {}
-    reuse = {r: h for r, h in hashes.items() if h is not None and h in known.index}
+    reuse = store.reusable(readable, _hasher(audio_root))
     todo = [r for r in readable if r not in reuse]
     rows = [{"path": f"audio/{r}", "reason": problems[r]} for r in relatives if problems[r]]
     reader = store.reader()
@@ -68,16 +57,9 @@ def decode_delivery(
             rows.append(_record(todo[number], outcome, writer.append))
             if progress is not None:
                 progress(number + 1, len(relatives))
-        for relative, digest in reuse.items():
-            rows.append(
-                reused_record(
-                    f"audio/{relative}",
-                    known.loc[digest],
-                    list(RECORD_DTYPES),
-                    reader,
-                    writer.append,
-                )
-            )
+        for relative, known in reuse.items():
+            path = f"audio/{relative}"
+            rows.append(reused_record(path, known, list(RECORD_DTYPES), reader, writer.append))
     records = typed(pd.DataFrame(rows, columns=list(RECORD_DTYPES)), RECORD_DTYPES)
     return DeliveryDecode(records.sort_values("path", ignore_index=True), len(todo))
 
@@ -98,12 +80,11 @@ def _record(relative: str, outcome, append: Callable) -> dict[str, object]:
     }
 
 
-def _content_hashes(audio_root: Path, relatives: list[str]) -> dict[str, str | None]:
+def _hasher(audio_root: Path) -> Callable[[str], str | None]:
     def digest(relative: str) -> str | None:
         try:
             return audio_reader.file_sha256(audio_root / relative)
         except OSError:
             return None
 
-    with ThreadPoolExecutor(HASH_THREADS) as pool:
-        return dict(zip(relatives, pool.map(digest, relatives), strict=True))
+    return digest

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from clinfuse.assets.ingest.decoded import DecodeStore, reused_record, typed
+from clinfuse.assets.ingest.decoded import DecodeStore, DeliveryDecode, reused_record, typed
 from clinfuse.assets.ingest.dicom.header import Header
 from clinfuse.assets.ingest.dicom.reader import Decoding, FileResult, read_files
 from clinfuse.assets.ingest.paths import Zone, read_regular
@@ -44,13 +41,6 @@ RECORD_DTYPES: dict[str, str] = {
     "shard": "string",
     "slot": "Int64",
 }
-HASH_THREADS = 8  # reading and hashing release the GIL: threads keep the disk busy
-
-
-@dataclass(frozen=True)
-class DeliveryDecode:
-    records: pd.DataFrame  # RECORD_DTYPES, one row per file of the delivery, in path order
-    decoded: int  # files handed to a decoder (the rest were copied by content)
 
 
 def decode_delivery(
@@ -65,9 +55,7 @@ def decode_delivery(
     """`files` (relative to the zone, dicom/...) decoded, or copied from the store by content."""
     dicom_dir = Path(landing) / "dicom"
     relatives = [f.removeprefix("dicom/") for f in files]
-    known = store.known()
-    hashes = _content_hashes(dicom_dir, relatives) if len(known) else {}
-    reuse = {r: h for r, h in hashes.items() if h is not None and h in known.index}
+    reuse = store.reusable(relatives, _hasher(dicom_dir))
     todo = [r for r in relatives if r not in reuse]
     rows: list[dict[str, object]] = []
     reader = store.reader()
@@ -79,16 +67,9 @@ def decode_delivery(
             done += len(results)
             if progress is not None:
                 progress(done, len(relatives))
-        for relative, digest in reuse.items():
-            rows.append(
-                reused_record(
-                    f"dicom/{relative}",
-                    known.loc[digest],
-                    list(RECORD_DTYPES),
-                    reader,
-                    writer.append,
-                )
-            )
+        for relative, known in reuse.items():
+            path = f"dicom/{relative}"
+            rows.append(reused_record(path, known, list(RECORD_DTYPES), reader, writer.append))
     records = typed_records(pd.DataFrame(rows, columns=list(RECORD_DTYPES)))
     return DeliveryDecode(records.sort_values("path", ignore_index=True), len(todo))
 
@@ -101,9 +82,9 @@ def _record(result: FileResult, append: Callable) -> dict[str, object]:
     return {**row, **dataclasses.asdict(result.header), "shard": shard, "slot": slot}
 
 
-def _content_hashes(dicom_dir: Path, relatives: list[str]) -> dict[str, str | None]:
-    """sha256 of each file that is inside the zone and readable; None for the rest (the
-    decoder then rejects them with their reason, as it would have)."""
+def _hasher(dicom_dir: Path) -> Callable[[str], str | None]:
+    """sha256 of a file that is inside the zone and readable; None for the rest (the decoder
+    then rejects them with their reason, as it would have)."""
     zone = Zone.of(dicom_dir.parent)
 
     def digest(relative: str) -> str | None:
@@ -115,9 +96,7 @@ def _content_hashes(dicom_dir: Path, relatives: list[str]) -> dict[str, str | No
         except OSError:
             return None
 
-    threads = min(HASH_THREADS, 2 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(threads) as pool:
-        return dict(zip(relatives, pool.map(digest, relatives), strict=True))
+    return digest
 
 
 def typed_records(frame: pd.DataFrame) -> pd.DataFrame:

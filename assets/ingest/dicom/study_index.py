@@ -32,25 +32,19 @@ from clinfuse.assets.ingest.dicom.reader import SHARD_PREFIX, Decoding, discover
 from clinfuse.assets.ingest.linking import link_to_admissions
 from clinfuse.assets.ingest.quarantine import DUPLICATE_INSTANCE, Reject, rejects_frame
 
-INDEX_DTYPES: dict[str, str] = {
-    "path": "string",  # relative to the landing zone: dicom/a/b.dcm
-    "sha256": "string",  # of the file's bytes
-    "instance_key": "string",  # sha256 of SOPInstanceUID (the UID itself is not kept)
-    "study_key": "string",  # sha256 of StudyInstanceUID
-    "subject_id": "Int64",
-    "hadm_id": "Int64",  # the linked admission
-    "study_datetime": "datetime64[ns]",
-    "modality": "string",
-    "sop_class_uid": "string",
-    "transfer_syntax_uid": "string",
-    "photometric_interpretation": "string",
-    "rows": "Int64",
-    "columns": "Int64",
-    "frames": "Int64",
-    "bits_stored": "Int64",
-    "shard": "string",
-    "slot": "Int64",
-}
+
+def _index_dtypes() -> dict[str, str]:
+    """The records' columns, less the decoder's reason, plus the linked admission."""
+    dtypes: dict[str, str] = {}
+    for name, dtype in RECORD_DTYPES.items():
+        if name != "reason":
+            dtypes[name] = dtype
+        if name == "subject_id":
+            dtypes["hadm_id"] = "Int64"
+    return dtypes
+
+
+INDEX_DTYPES = _index_dtypes()
 LINK_BATCH = 256  # records linked to admissions per call (link_to_admissions is vectorised)
 
 
