@@ -7,7 +7,8 @@ Generates a landing zone (or takes --landing), runs the pipeline as `clinfuse ru
 the delivery, its partition, everything downstream) with default settings, and prints, for every
 step of the Dagster runs, its wall seconds (from the run's own STEP_START / STEP_SUCCESS events)
 and the peak resident memory of this process and all its children while it ran (benchmarks/
-memory.py samples it twice a second). The ratio printed is the run's peak against the peak of
+memory.py samples it twice a second), resident and private (memory-mapped shards count in the
+first, not the second: see memory.py). The ratio printed is the run's peak against the peak of
 the plainest stage, reading the patients table: how much more than "Python + Dagster + pandas"
 the heavy stages hold. Run it at several sizes: flat peaks mean memory does not grow with N.
 """
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                     **span,
                     "seconds": round(end - span["start"], 1),
                     "peak_mib": round(sampler.peak_between(span["start"], end)),
+                    "private_peak_mib": round(
+                        sampler.peak_between(span["start"], end, private=True)
+                    ),
                 }
             )
     baseline = next((r["peak_mib"] for r in rows if r["step"] == "patients"), 0) or 1
@@ -94,16 +98,23 @@ def main(argv: list[str] | None = None) -> int:
         "generate_s": None if generated is None else round(generated, 1),
         "run_wall_s": round(wall, 1),
         "peak_mib": round(sampler.peak_mib),
+        "private_peak_mib": round(sampler.private_peak_mib),
         "peak_ratio_to_patients_stage": round(sampler.peak_mib / baseline, 2),
         "decoded": {m: report["inputs"][m]["decoded"] for m in ("dicom", "audio")},
         "auroc_fusion": report["metrics"].get("fusion", {}).get("auroc"),
     }
     print(json.dumps({"summary": summary, "steps": rows}, indent=1))
-    print(f"\n| step | s | peak MiB |  ({args.admissions} admissions)\n|---|---|---|")
+    print(
+        f"\n| step | s | peak MiB | private peak MiB |  ({args.admissions} admissions)"
+        "\n|---|---|---|---|"
+    )
     for row in sorted(rows, key=lambda r: -r["seconds"])[:14]:
-        print(f"| {row['step']} | {row['seconds']} | {row['peak_mib']} |")
+        print(
+            f"| {row['step']} | {row['seconds']} | {row['peak_mib']} | {row['private_peak_mib']} |"
+        )
     print(
         f"\nrun {summary['run_wall_s']} s, peak {summary['peak_mib']} MiB "
+        f"(private {summary['private_peak_mib']} MiB) "
         f"(x{summary['peak_ratio_to_patients_stage']} the patients stage's)"
     )
     return 0

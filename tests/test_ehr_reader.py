@@ -271,6 +271,31 @@ def test_small_chunks_give_the_same_rows_and_row_numbers(planted, tmp_path, chun
     assert rejected(notes) == rejected(reads["note"])
 
 
+@pytest.mark.parametrize("chunksize", [2, 1000])
+def test_notes_streamed_to_parquet_are_the_rows_read_in_memory(planted, tmp_path, chunksize):
+    landing, reads = planted
+    patients, admissions = reads["patients"].rows, reads["admissions"].rows
+    out = tmp_path / "notes.parquet"
+    streamed = read_notes(landing, admissions, patients, chunksize=chunksize, out=out)
+    stored = pd.read_parquet(out)
+    assert streamed.rows.empty and streamed.ingested == len(stored) == reads["note"].ingested
+    assert rejected(streamed) == rejected(reads["note"]) and streamed.seen == reads["note"].seen
+    pd.testing.assert_frame_equal(stored, reads["note"].rows)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_notes_stream_that_fails_leaves_no_file(planted, tmp_path):
+    landing, reads = planted
+    out = tmp_path / "notes.parquet"
+
+    def failing(rows: pd.DataFrame) -> pd.DataFrame:
+        raise RuntimeError("de-identifier died")
+
+    with pytest.raises(RuntimeError, match="died"):
+        read_notes(landing, reads["admissions"].rows, reads["patients"].rows, keep=failing, out=out)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_required_column_raises(tmp_path):
     bad = {**TABLES, "ehr/labevents": "subject_id,hadm_id,valuenum\n1,100,2\n"}
     landing = make_landing(tmp_path, tables=bad)
@@ -301,6 +326,9 @@ def test_absent_tables_read_empty_with_their_schema(tmp_path):
     assert read.seen == table.num_rows == 0 and "hadm_id_given" in table.schema.names
     notes = read_notes(tmp_path, admissions.rows, patients.rows)
     assert notes.seen == 0 and list(notes.rows.columns) == NOTE_COLUMNS
+    streamed = read_notes(tmp_path, admissions.rows, patients.rows, out=tmp_path / "notes.pq")
+    stored = pd.read_parquet(tmp_path / "notes.pq")
+    assert streamed.ingested == len(stored) == 0 and list(stored.columns) == NOTE_COLUMNS
 
 
 @pytest.mark.parametrize("chunksize", [1, 2, 100])

@@ -238,6 +238,15 @@ def test_window_edges():
     not_null = "expect_column_values_to_not_be_null(hours_since_admit)"
     assert_failed(ex.validate_window(stranger, cohort, 24, "charttime"), not_null)
 
+    # In batches (a table too big to hold), a bad row in a later batch still fails the check.
+    batches = [inside.iloc[:2], inside.iloc[2:]]
+    assert ex.validate_window(iter(batches), cohort, 24, "charttime").passed
+    assert ex.validate_window(iter([]), cohort, 24, "charttime").passed
+    late = [inside.iloc[:2], at_end.iloc[2:]]
+    outcome = ex.validate_window(iter(late), cohort, 24, "charttime")
+    assert_failed(outcome, between)
+    assert outcome.metadata == ex.validate_window(pd.concat(late), cohort, 24, "charttime").metadata
+
 
 def test_window_on_demo_labs(demo):
     labs = demo["labevents"].dropna(subset=["hadm_id"])

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from clinfuse.assets.cohort import window
 from clinfuse.assets.cohort.window import allowed_notes, in_window, read_window_labs
 from clinfuse.assets.features import text as text_module
 from clinfuse.assets.features.labs import AGGREGATES, LabFeaturizer
@@ -252,6 +253,34 @@ def test_discharge_summaries_are_never_used():
     allowed = allowed_notes(notes, _cohort(), 24)
     assert allowed.to_dict() == {10: "first report\n\nsecond report"}
     assert allowed.index.dtype == "Int64"
+
+
+@pytest.mark.parametrize("batch_rows", [1, 3, 5_000])
+def test_allowed_notes_read_from_parquet_batch_by_batch(tmp_path, monkeypatch, batch_rows):
+    """The notes asset's file gives what its table gives, wherever the batches cut it."""
+    monkeypatch.setattr(window, "NOTE_BATCH_ROWS", batch_rows)
+    notes = _notes(
+        [
+            ("a", 10, "RR", 5.0, "second report"),
+            ("b", 10, "RR", 1.0, "an admission outside the cohort"),
+            ("c", 10, "DS", 2.0, "discharge diagnosis pneumonia"),
+            ("d", 11, "RR", 23.0, "last hour"),
+            ("e", 10, "RR", 1.0, "first report"),
+            ("f", 30, "RR", 24.0, "window's end"),
+            ("g", 20, "NN", 0.5, "nursing note"),
+        ]
+    )
+    notes.loc[notes["note_id"] == "b", "hadm_id"] = 99
+    path = tmp_path / "notes.parquet"
+    notes.to_parquet(path, index=False)
+    cohort = _cohort()
+    pd.testing.assert_frame_equal(
+        window.allowed_note_rows(path, cohort, 24), window.allowed_note_rows(notes, cohort, 24)
+    )
+    pd.testing.assert_series_equal(allowed_notes(path, cohort, 24), allowed_notes(notes, cohort, 24))
+    assert allowed_notes(path, cohort, 24).to_dict() == {
+        10: "first report\n\nsecond report", 11: "last hour", 20: "nursing note"
+    }  # fmt: skip
 
 
 def _texts() -> pd.Series:

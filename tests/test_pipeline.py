@@ -231,6 +231,43 @@ def test_the_champion_pyfunc_reproduces_the_pipeline_probabilities(pipeline_run,
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
 
+def test_the_gate_scores_the_champion_block_by_block(pipeline_run, monkeypatch):
+    """The promotion gate's requests, built a few admissions at a time from window_labs and the
+    notes file, are the requests built at once from labevents, and score the same."""
+    from clinfuse.assets.evaluation.registry_assets import champion_metrics_now
+    from clinfuse.assets.evaluation.serve_inputs import SERVE_ROOT_ENV
+    from clinfuse.assets.evaluation.serving import serving_frame
+    from clinfuse.assets.settings import Settings
+
+    monkeypatch.setenv(SERVE_ROOT_ENV, str(pipeline_run["landing"]))
+    tables = pipeline_run["workdir"] / "tables"
+    cohort = pd.read_parquet(tables / "cohort.parquet")
+    chosen = cohort[cohort["split"].isin(("validation", "test"))].reset_index(drop=True)
+    indexes = [pd.read_parquet(tables / f"{n}.parquet") for n in ("dicom_index", "recording_index")]
+    hours, landing = Settings().window_hours, pipeline_run["landing"]
+
+    def requests(rows: pd.DataFrame, labs: str) -> pd.DataFrame:
+        return serving_frame(
+            rows, tables / labs, tables / "notes.parquet", *indexes, landing, hours
+        )
+
+    whole = requests(chosen, "labevents.parquet")
+    blocks = [
+        requests(chosen.iloc[i : i + 7], "window_labs.parquet") for i in range(0, len(chosen), 7)
+    ]
+    assert len(blocks) > 2 and whole["labs"].notna().any() and whole["notes"].notna().any()
+    pd.testing.assert_frame_equal(pd.concat(blocks, ignore_index=True), whole)
+    block = pipeline_run["report"]["mlflow"]
+    store = MLflowResource(tracking_uri=block["tracking_uri"], workdir=str(pipeline_run["workdir"]))
+    uri = f"models:/{block['model_name']}@champion"
+    with store.activated():
+        # Equal up to float32 batching (a network's sums depend on the batch it is in).
+        blockwise = champion_metrics_now(uri, chosen, iter(blocks))
+        assert blockwise == pytest.approx(champion_metrics_now(uri, chosen, [whole]), rel=1e-6)
+        with pytest.raises(ValueError, match="served probabilities for"):
+            champion_metrics_now(uri, chosen, blocks[:1])
+
+
 def test_report_json_is_plain_json(pipeline_run):
     text = (pipeline_run["workdir"] / "report.json").read_text()
     assert "NaN" not in text

@@ -13,6 +13,7 @@ per row, so the expectation that fails names that rule.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -302,15 +303,25 @@ def validate_dicom_index(index: pd.DataFrame) -> QualityOutcome:
 
 
 def validate_window(
-    features: pd.DataFrame, cohort: pd.DataFrame, window_hours: float, time_column: str
+    features: pd.DataFrame | Iterable[pd.DataFrame],
+    cohort: pd.DataFrame,
+    window_hours: float,
+    time_column: str,
 ) -> QualityOutcome:
     """Blocking: every feature row was charted in [admittime, admittime + window_hours).
 
-    features needs hadm_id and time_column, cohort hadm_id and admittime. A row whose
-    admission is not in the cohort, or with no time, has no `hours_since_admit` and fails too.
+    features needs hadm_id and time_column, cohort hadm_id and admittime; it may come as batches
+    (a table too big to hold: only one float a row is kept). A row whose admission is not in
+    the cohort, or with no time, has no `hours_since_admit` and fails too.
     """
     gxe = gx_expectations()
-    frame = _hours_since_admit(features, cohort, time_column)
+    batches = [features] if isinstance(features, pd.DataFrame) else features
+    hours = [_hours_since_admit(batch, cohort, time_column) for batch in batches]
+    frame = (
+        pd.concat(hours, ignore_index=True)
+        if hours
+        else pd.DataFrame({"hours_since_admit": pd.Series(dtype="float64")})
+    )
     checks = [
         gxe.ExpectColumnValuesToNotBeNull(column="hours_since_admit"),
         gxe.ExpectColumnValuesToBeBetween(

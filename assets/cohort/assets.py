@@ -56,7 +56,7 @@ def cohort(
     patients: pd.DataFrame,
     diagnoses_icd: pd.DataFrame,
     labevents: Path,
-    notes: pd.DataFrame,
+    notes: Path,
     dicom_index: pd.DataFrame,
     recording_index: pd.DataFrame,
 ) -> pd.DataFrame:

@@ -33,7 +33,7 @@ def latest_in_window(
 def modality_availability(
     cohort: pd.DataFrame,
     labevents: Path | pd.DataFrame,
-    notes: pd.DataFrame,
+    notes: pd.DataFrame | Path,
     dicom_index: pd.DataFrame,
     recording_index: pd.DataFrame,
     window_hours: float,

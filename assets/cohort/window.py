@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from clinfuse.assets.ingest.ehr.engine import EngineConfig, connect, quote_literal
 
@@ -223,18 +224,29 @@ FORBIDDEN_NOTE_TYPES = ("DS",)  # discharge summaries state the diagnosis: never
 # -- which notes ---------------------------------------------------------------------------------
 
 
-def allowed_note_rows(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float):
+NOTE_BATCH_ROWS = 5_000  # a MIMIC discharge summary is ~10 KB: a batch stays ~50 MB
+
+
+def allowed_note_rows(
+    notes: pd.DataFrame | Path, cohort: pd.DataFrame, window_hours: float
+) -> pd.DataFrame:
     """Note rows an admission may use: charted in its window, and not a discharge summary.
 
     note_type is compared trimmed and upper-cased ("ds " is "DS"); a note with no note_type is
-    left out too, since it cannot be shown not to be a discharge summary.
+    left out too, since it cannot be shown not to be a discharge summary. `notes` is the table,
+    or the path of the notes asset's Parquet file: then it is read batch by batch, each cut to
+    the cohort's admissions before it becomes pandas, so memory holds the allowed notes only.
     """
+    if not isinstance(notes, pd.DataFrame):
+        return _stream_allowed_note_rows(Path(notes), cohort, window_hours)
     kind = notes["note_type"].astype("string").str.strip().str.upper()
     usable = notes[(kind.notna() & ~kind.isin(FORBIDDEN_NOTE_TYPES)).to_numpy(dtype=bool)]
     return in_window(usable, cohort, "charttime", window_hours)
 
 
-def allowed_notes(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float) -> pd.Series:
+def allowed_notes(
+    notes: pd.DataFrame | Path, cohort: pd.DataFrame, window_hours: float
+) -> pd.Series:
     """Per admission with allowed notes: their texts joined in charttime order (index hadm_id)."""
     rows = allowed_note_rows(notes, cohort, window_hours)
     text = rows["text"].astype("string")
@@ -244,3 +256,19 @@ def allowed_notes(notes: pd.DataFrame, cohort: pd.DataFrame, window_hours: float
     joined = rows.groupby("hadm_id", sort=True)["text"].agg(lambda t: "\n\n".join(map(str, t)))
     joined.index = pd.Index(joined.index.astype("Int64"), name="hadm_id")
     return joined.astype("string").rename("text")
+
+
+def _stream_allowed_note_rows(path: Path, cohort: pd.DataFrame, window_hours: float):
+    parquet = pq.ParquetFile(path)
+    wanted = pa.array(_ids(cohort["hadm_id"]).dropna().astype("int64").unique())
+    parts = []
+    for batch in parquet.iter_batches(batch_size=NOTE_BATCH_ROWS):
+        hadm = batch.column("hadm_id").cast(pa.int64())
+        chosen = batch.filter(pc.fill_null(pc.is_in(hadm, value_set=wanted), False))
+        if chosen.num_rows:
+            table = pa.Table.from_batches([chosen], schema=parquet.schema_arrow)
+            parts.append(allowed_note_rows(table.to_pandas(), cohort, window_hours))
+    if not parts:
+        empty = parquet.schema_arrow.empty_table().to_pandas()
+        return allowed_note_rows(empty, cohort, window_hours)
+    return pd.concat(parts, ignore_index=True)

@@ -1,5 +1,7 @@
 """Validation and test predictions of the fusion model and of each single-modality model."""
 
+from pathlib import Path
+
 import dagster as dg
 import joblib
 import numpy as np
@@ -22,7 +24,7 @@ SCORED_SPLITS = ("validation", "test")
 def predictions(
     settings: PipelineSettings,
     cohort: pd.DataFrame,
-    notes: pd.DataFrame,
+    notes: Path,
     lab_features: pd.DataFrame,
     note_features: pd.DataFrame,
     dicom_index: pd.DataFrame,

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -140,19 +141,35 @@ def registered_model(
     return result
 
 
-def champion_metrics_now(model_uri: str, chosen: pd.DataFrame, frame: pd.DataFrame) -> dict:
-    """The champion scored on today's validation (threshold) and test (metrics) admissions."""
+# Admissions the gate sends the champion at once: a block's served requests (window labs as
+# JSON, note texts) are all it holds, however large the validation and test splits are.
+GATE_BLOCK = 2_000
+
+
+def champion_metrics_now(
+    model_uri: str, chosen: pd.DataFrame, frames: Iterable[pd.DataFrame]
+) -> dict:
+    """The champion scored on today's validation (threshold) and test (metrics) admissions.
+
+    frames: the served requests of `chosen`'s rows, in order, one block at a time."""
     import mlflow as mlflow_api
 
-    served = mlflow_api.pyfunc.load_model(model_uri).predict(frame)
-    # A version logged before responses carried `errors` returns the bare probabilities.
-    served = served["p_fusion"] if isinstance(served, pd.DataFrame) else served
-    probabilities = np.asarray(served, dtype=np.float64).ravel()
+    model = mlflow_api.pyfunc.load_model(model_uri)
+    blocks = [_probabilities(model.predict(frame)) for frame in frames]
+    probabilities = np.concatenate(blocks) if blocks else np.zeros(0)
+    if len(probabilities) != len(chosen):
+        raise ValueError(f"{len(probabilities)} served probabilities for {len(chosen)} rows")
     validation = (chosen["split"] == "validation").to_numpy()
     test = (chosen["split"] == "test").to_numpy()
     labels = chosen["label"].to_numpy()
     threshold = m.choose_threshold(labels[validation], probabilities[validation])
     return m.binary_metrics(labels[test], probabilities[test], threshold)
+
+
+def _probabilities(served: pd.DataFrame | np.ndarray) -> np.ndarray:
+    # A version logged before responses carried `errors` returns the bare probabilities.
+    served = served["p_fusion"] if isinstance(served, pd.DataFrame) else served
+    return np.asarray(served, dtype=np.float64).ravel()
 
 
 @dg.asset(
@@ -169,8 +186,8 @@ def champion(
     registered_model: dict,
     evaluation: dict,
     cohort: pd.DataFrame,
-    labevents: Path,
-    notes: pd.DataFrame,
+    window_labs: Path,
+    notes: Path,
     dicom_index: pd.DataFrame,
     recording_index: pd.DataFrame,
 ) -> dict:
@@ -182,19 +199,22 @@ def champion(
     champion_numbers = None
     if current is not None and str(current.version) != version:
         chosen = cohort[cohort["split"].isin(("validation", "test"))].reset_index(drop=True)
-        frame = serving_frame(
-            chosen,
-            labevents,  # a path: the window's rows are streamed, never the whole table
-            notes,
-            dicom_index,
-            recording_index,
-            landing.root,
-            settings.value.window_hours,
+        frames = (
+            serving_frame(
+                chosen.iloc[start : start + GATE_BLOCK],
+                window_labs,  # the window's rows, cut once; streamed, never the whole table
+                notes,
+                dicom_index,
+                recording_index,
+                landing.root,
+                settings.value.window_hours,
+            )
+            for start in range(0, len(chosen), GATE_BLOCK)
         )
         # serving_frame's paths are in the landing zone: the model may read them, as it would
         # behind a server whose CLINFUSE_SERVE_ROOT is this landing zone.
         with mlflow.activated(), reading_from(landing.root):
-            champion_numbers = champion_metrics_now(f"models:/{name}@champion", chosen, frame)
+            champion_numbers = champion_metrics_now(f"models:/{name}@champion", chosen, frames)
     decision = registry.promote(
         client,
         name,

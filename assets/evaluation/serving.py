@@ -192,7 +192,7 @@ def _stack(items: list[np.ndarray | None], shape: tuple[int, ...]) -> tuple[np.n
 def serving_frame(
     cohort: pd.DataFrame,
     labevents: Path | pd.DataFrame,
-    notes: pd.DataFrame,
+    notes: pd.DataFrame | Path,
     dicom_index: pd.DataFrame,
     recording_index: pd.DataFrame,
     landing: Path,

@@ -77,7 +77,7 @@ def note_embedder(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
     cohort: pd.DataFrame,
-    notes: pd.DataFrame,
+    notes: Path,
 ) -> dict:
     """The text encoder: a packaged sentence encoder, else TF-IDF + SVD fitted on train.
 
@@ -107,7 +107,7 @@ def note_features(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
     cohort: pd.DataFrame,
-    notes: pd.DataFrame,
+    notes: Path,
     note_embedder: dict,
 ) -> pd.DataFrame:
     """Per admission: the embedding of its allowed notes (in the window, never "DS")."""

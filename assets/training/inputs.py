@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -70,7 +71,7 @@ class CohortTables:
     """The asset values every learner reads: the cohort and its feature tables and shards."""
 
     cohort: pd.DataFrame
-    notes: pd.DataFrame
+    notes: pd.DataFrame | Path
     lab_features: pd.DataFrame
     note_features: pd.DataFrame
     dicom_index: pd.DataFrame

@@ -106,9 +106,10 @@ def notes(
     """Every note/ table, de-identified (docs/privacy.md) before anything of it is stored.
     Discharge summaries are kept here and excluded from features later.
 
-    Read and de-identified chunk by chunk (100,000 notes, each chunk over the process pool):
-    the raw text of one chunk is the only raw text in memory; the output is the whole
-    de-identified table, which downstream assets read as one DataFrame."""
+    Read and de-identified chunk by chunk (100,000 notes, each chunk over the process pool),
+    each chunk appended to the Parquet file as soon as it is clean: the raw text of one chunk is
+    the only raw text in memory, and no step holds the table. Downstream assets take the file's
+    path and read only the notes they may use (cohort/window.py's allowed_note_rows)."""
     # Imported here: Presidio takes ~1 s to import, which every process loading the code
     # location would pay.
     from clinfuse.assets.ingest.ehr.deid import Deidentified, NoteDeidentifier
@@ -122,6 +123,8 @@ def notes(
         report.entities.update(clean.entities)
         return rows.assign(text=clean.texts)
 
-    read = notes_reader.read_notes(landing.root, admissions, patients, keep=deidentify)
+    staging = workdir.folder("tables") / "notes.staging.parquet"
+    read = notes_reader.read_notes(landing.root, admissions, patients, keep=deidentify, out=staging)
     dg.AssetExecutionContext.get().add_output_metadata(report.metadata())  # counts, never text
-    return _ingested(read)
+    _describe_files(read)
+    return Ingested(rows=staging, rejects=read.rejects, seen=read.seen)

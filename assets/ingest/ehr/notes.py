@@ -14,8 +14,9 @@ result names every file's encoding and every empty file.
 Files are read chunk by chunk (reader.read_table_chunks): every check is row by row (a note_id
 is a duplicate of one kept earlier, in this or an earlier chunk or file), and `keep` (the notes
 asset's de-identification) turns each chunk's kept rows into what is stored before the next
-chunk is read, so the raw text of one chunk is all the raw text ever in memory. The result is
-still one table: the stored (de-identified) text of every note.
+chunk is read, so the raw text of one chunk is all the raw text ever in memory. Given `out`,
+each chunk's stored rows are appended to that Parquet file as soon as they are made, so no step
+holds the table (MIMIC-IV-Note is ~2.6M notes); without it, the result is one DataFrame.
 Plain code: no Dagster.
 """
 
@@ -25,9 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from clinfuse.assets.ingest.ehr import table_schema as ts
-from clinfuse.assets.ingest.ehr.csv_chunks import table_files
+from clinfuse.assets.ingest.ehr.csv_chunks import relative, table_files
 from clinfuse.assets.ingest.ehr.reader import (
     Loaded,
     TableRead,
@@ -49,27 +52,93 @@ def read_notes(
     patients: pd.DataFrame,
     chunksize: int = 100_000,
     keep: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    out: Path | None = None,
 ) -> TableRead:
     """Every note table, linked to admissions; `file` is "note/" when any table exists.
 
     A note_id already seen (in this or an earlier table) is quarantined as a duplicate. `keep`,
     when given, is applied to each chunk's kept rows (NOTE_COLUMNS less source_table) before
-    they are stored.
+    they are stored. With `out`, the stored rows go to that Parquet file (written whole even
+    when no note table exists) and the result's `rows` is empty, `ingested` their count.
     """
     landing = Path(landing)
     files = table_files(landing, "note")
-    if not files:
-        return TableRead(ts.NOTES.empty_frame()[NOTE_COLUMNS], rejects_frame(), 0, None)
-    known = pd.Series(sorted(subject_ids(patients)), dtype="Int64")
-    admissions = admissions_for_linking(admissions)
-    seen_ids: set[str] = set()
-    reads = []
-    for path in files:
-        check = _checks(admissions, known, seen_ids)
-        read = read_table_chunks(landing, path, ts.NOTES, "note", chunksize, check, keep)
-        read.rows = read.rows.assign(source_table=pd.Series(read.file, index=read.rows.index))
-        reads.append(read)
-    return _combined(reads)
+    with NoteWriter(out) as writer:
+        if not files:
+            return writer.result(
+                TableRead(_typed(ts.NOTES.empty_frame()), rejects_frame(), 0, None)
+            )
+        known = pd.Series(sorted(subject_ids(patients)), dtype="Int64")
+        admissions = admissions_for_linking(admissions)
+        seen_ids: set[str] = set()
+        reads = []
+        for path in files:
+            check = _checks(admissions, known, seen_ids)
+            stored = writer.storing(relative(landing, path), keep)
+            read = read_table_chunks(landing, path, ts.NOTES, "note", chunksize, check, stored)
+            read.rows = _typed(read.rows.assign(source_table=read.file))
+            reads.append(read)
+        return writer.result(_combined(reads))
+
+
+def _typed(rows: pd.DataFrame) -> pd.DataFrame:
+    if "source_table" not in rows:
+        rows = rows.assign(source_table=pd.Series(dtype="string"))
+    return rows[NOTE_COLUMNS].astype({"source_table": "string", "hadm_id_given": "bool"})
+
+
+_SCHEMA = pa.Schema.from_pandas(_typed(ts.NOTES.empty_frame()), preserve_index=False)
+
+
+class NoteWriter:
+    """Appends each chunk's stored notes to a Parquet file (`out`), or keeps them (None).
+
+    The file is written under a temporary name and renamed once complete, so a killed run never
+    leaves a cut-off table where a reader would take it for the notes.
+    """
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = None if out is None else Path(out)
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> NoteWriter:
+        if self.out is not None:
+            self._partial = self.out.with_name(self.out.name + ".partial")
+            self._writer = pq.ParquetWriter(self._partial, _SCHEMA)
+        return self
+
+    def storing(
+        self, label: str, keep: Callable[[pd.DataFrame], pd.DataFrame] | None
+    ) -> Callable[[pd.DataFrame], pd.DataFrame]:
+        """The chunk hook of one table file: `keep`, then written out (nothing left in memory)."""
+
+        def store(rows: pd.DataFrame) -> pd.DataFrame:
+            rows = keep(rows) if keep is not None else rows
+            if self._writer is None:
+                return rows
+            table = pa.Table.from_pandas(
+                _typed(rows.assign(source_table=label)), schema=_SCHEMA, preserve_index=False
+            )
+            self._writer.write_table(table)
+            self.rows += len(rows)
+            return rows.iloc[:0]
+
+        return store
+
+    def result(self, read: TableRead) -> TableRead:
+        if self._writer is not None:
+            read.ingested = self.rows
+        return read
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        if exc_type is None:
+            self._partial.replace(self.out)
+        else:
+            self._partial.unlink(missing_ok=True)
 
 
 def _checks(admissions: pd.DataFrame, known: pd.Series, seen_ids: set[str]):
@@ -87,12 +156,12 @@ def _checks(admissions: pd.DataFrame, known: pd.Series, seen_ids: set[str]):
 
 
 def _combined(reads: list[TableRead]) -> TableRead:
-    rows = pd.concat([r.rows for r in reads], ignore_index=True)[NOTE_COLUMNS]
+    rows = pd.concat([r.rows for r in reads], ignore_index=True)
     coerced: dict[str, int] = {}
     for read in reads:
         add_counts(coerced, read.coerced)
     return TableRead(
-        rows=rows.astype({"source_table": "string", "hadm_id_given": "bool"}),
+        rows=_typed(rows),
         rejects=pd.concat([r.rejects for r in reads], ignore_index=True),
         seen=sum(r.seen for r in reads),
         file="note/",
