@@ -277,10 +277,10 @@ def test_allowed_notes_read_from_parquet_batch_by_batch(tmp_path, monkeypatch, b
     pd.testing.assert_frame_equal(
         window.allowed_note_rows(path, cohort, 24), window.allowed_note_rows(notes, cohort, 24)
     )
-    pd.testing.assert_series_equal(allowed_notes(path, cohort, 24), allowed_notes(notes, cohort, 24))
-    assert allowed_notes(path, cohort, 24).to_dict() == {
-        10: "first report\n\nsecond report", 11: "last hour", 20: "nursing note"
-    }  # fmt: skip
+    allowed = allowed_notes(path, cohort, 24)
+    pd.testing.assert_series_equal(allowed, allowed_notes(notes, cohort, 24))
+    expected = {10: "first report\n\nsecond report", 11: "last hour", 20: "nursing note"}
+    assert allowed.to_dict() == expected
 
 
 def _texts() -> pd.Series:
