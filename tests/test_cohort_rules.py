@@ -75,6 +75,21 @@ def test_labels_use_the_prefixes_of_each_icd_version():
     assert label_admissions(admissions, diagnoses, Target()).tolist() == [1, 1, 0]
 
 
+def test_labels_from_the_diagnoses_file_are_the_labels_from_the_table(tmp_path):
+    diagnoses = pd.DataFrame(
+        {
+            "subject_id": [1, 1, 2, 3],
+            "hadm_id": pd.array([10, 10, 11, 20], dtype="Int64"),
+            "icd_code": pd.array(["I10", "J18.9", "4829", "J449"], dtype="string"),
+            "icd_version": pd.array([10, 10, 9, 10], dtype="Int64"),
+        }
+    )
+    path = tmp_path / "diagnoses_icd.parquet"
+    diagnoses.to_parquet(path, index=False)
+    expected = label_admissions(_admissions(), diagnoses, Target()).tolist()
+    assert label_admissions(_admissions(), path, Target()).tolist() == expected == [1, 1, 0]
+
+
 def test_splits_keep_patients_whole_stratified_and_stable():
     cohort = pd.DataFrame(
         {

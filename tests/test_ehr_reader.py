@@ -284,6 +284,16 @@ def test_notes_streamed_to_parquet_are_the_rows_read_in_memory(planted, tmp_path
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_diagnoses_streamed_to_parquet_are_the_rows_read_in_memory(planted, tmp_path):
+    landing, reads = planted
+    patients, admissions = reads["patients"].rows, reads["admissions"].rows
+    out = tmp_path / "diagnoses.parquet"
+    streamed = er.read_diagnoses(landing, admissions, patients, chunksize=2, out=out)
+    assert streamed.rows.empty and streamed.ingested == reads["diagnoses_icd"].ingested > 0
+    assert rejected(streamed) == rejected(reads["diagnoses_icd"])
+    pd.testing.assert_frame_equal(pd.read_parquet(out), reads["diagnoses_icd"].rows)
+
+
 def test_notes_stream_that_fails_leaves_no_file(planted, tmp_path):
     landing, reads = planted
     out = tmp_path / "notes.parquet"

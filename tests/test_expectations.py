@@ -91,6 +91,36 @@ def test_table_failures_name_the_rule(demo):
     )
 
 
+@pytest.mark.parametrize("rows", [1000, 10**6])
+def test_diagnoses_in_batches_is_the_verdict_on_the_whole_table(demo, rows):
+    diagnoses = demo["diagnoses_icd"].copy()
+    batches = [diagnoses.iloc[i : i + rows] for i in range(0, len(diagnoses), rows)]
+    whole = ex.validate_table("diagnoses_icd", diagnoses)
+    batched = ex.validate_table_batches("diagnoses_icd", iter(batches))
+    assert batched.passed and batched.metadata["rows"] == len(diagnoses)
+    assert batched.metadata["expectations"] == whole.metadata["expectations"]
+
+    # A bad row in the last batch only: the table fails, counted once, named as on the whole.
+    diagnoses.loc[diagnoses.index[-1], "icd_version"] = 11
+    diagnoses.loc[diagnoses.index[-2], "icd_code"] = pd.NA
+    batches = [diagnoses.iloc[i : i + rows] for i in range(0, len(diagnoses), rows)]
+    whole = ex.validate_table("diagnoses_icd", diagnoses)
+    batched = ex.validate_table_batches("diagnoses_icd", iter(batches))
+    assert_failed(batched, "expect_column_values_to_be_in_set(icd_version)")
+    assert batched.failed_expectations == whole.failed_expectations
+    assert batched.description == whole.description
+    for key, value in whole.metadata.items():
+        if key.endswith(("unexpected_count", "missing_count", "passed", "failed")):
+            assert batched.metadata[key] == value, key
+    null_code = "expect_column_values_to_not_be_null(icd_code)"
+    assert batched.metadata[f"{null_code} unexpected_count"] == 1
+    assert batched.metadata[f"{null_code} unexpected_percent"] == pytest.approx(
+        whole.metadata[f"{null_code} unexpected_percent"]
+    )
+    with pytest.raises(ValueError, match="whole table"):
+        ex.validate_table_batches("patients", iter([demo["patients"]]))
+
+
 def test_notes_and_unknown_table():
     notes = pd.DataFrame(
         {

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from clinfuse.assets.checks.gx_runner import QualityOutcome, gx_expectations, run_suite
+from clinfuse.assets.checks.gx_runner import (
+    QualityOutcome,
+    gx_expectations,
+    merged_outcome,
+    run_suite,
+)
 from clinfuse.assets.ingest.ehr import table_schema as ts
 from clinfuse.models.modalities import MODALITIES
 
@@ -29,6 +34,7 @@ __all__ = [
     "validate_lab_ranges",
     "validate_modality_coverage",
     "validate_table",
+    "validate_table_batches",
     "validate_window",
 ]
 
@@ -107,6 +113,19 @@ TABLE_RULES: dict[str, TableRules] = {
     ),
 }
 TABLE_RULES["note"] = TABLE_RULES["notes"]
+
+
+def validate_table_batches(name: str, batches: Iterable[pd.DataFrame]) -> QualityOutcome:
+    """validate_table over a table too big to hold, one batch at a time, as one verdict.
+
+    Only for tables whose rules all look at one row at a time (no uniqueness, no row count):
+    then the table passes exactly when every batch does. At least one batch must come (an
+    empty table as an empty frame).
+    """
+    rules = TABLE_RULES[name]
+    if rules.unique or rules.min_rows:
+        raise ValueError(f"{name}: uniqueness and row counts need the whole table")
+    return merged_outcome(f"table_{name}", [validate_table(name, batch) for batch in batches])
 
 
 def validate_table(name: str, df: pd.DataFrame) -> QualityOutcome:

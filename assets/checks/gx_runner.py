@@ -129,3 +129,39 @@ def _scalar(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return _scalar(value.item())
     return value
+
+
+_SUMMED = ("unexpected_count", "missing_count")
+
+
+def merged_outcome(name: str, outcomes: list[QualityOutcome]) -> QualityOutcome:
+    """One verdict for a suite of row-by-row expectations run on consecutive batches of a table.
+
+    Only for expectations that look at one row at a time (not null, in a set, a pair in order):
+    the table meets one exactly when every batch does. Counts are summed and percentages taken
+    of all rows; an observed aggregate (a batch's own) is not kept.
+    """
+    if not outcomes:
+        raise ValueError(f"{name}: no batch was validated")
+    failed = list(dict.fromkeys(key for o in outcomes for key in o.failed_expectations))
+    rows = sum(int(o.metadata.get("rows", 0)) for o in outcomes)
+    metadata: dict[str, Any] = {**outcomes[0].metadata, "suite": name, "rows": rows}
+    for key in list(metadata):
+        if key.endswith(" unexpected_percent") or key.endswith(" observed_value"):
+            del metadata[key]
+    for key, value in outcomes[0].metadata.items():
+        if key.endswith(_SUMMED):
+            metadata[key] = sum(o.metadata.get(key) or 0 for o in outcomes)
+        elif value in ("passed", "failed", "error"):
+            states = {o.metadata.get(key) for o in outcomes}
+            metadata[key] = next(s for s in ("error", "failed", "passed") if s in states)
+    for key in [k for k in metadata if k.endswith(" unexpected_count")]:
+        percent = 100.0 * metadata[key] / rows if rows else 0.0
+        metadata[key.replace("unexpected_count", "unexpected_percent")] = percent
+    metadata["expectations_failed"] = len(failed)
+    total = int(metadata.get("expectations", 0))
+    if failed:
+        description = f"{name}: {len(failed)} of {total} expectations failed: " + ", ".join(failed)
+    else:
+        description = f"{name}: all {total} expectations met"
+    return QualityOutcome(not failed, outcomes[0].blocking, description, failed, metadata)

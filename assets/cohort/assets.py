@@ -32,7 +32,7 @@ COHORT_COLUMNS = [
 def build_cohort(
     admissions: pd.DataFrame,
     patients: pd.DataFrame,
-    diagnoses: pd.DataFrame,
+    diagnoses: pd.DataFrame | Path,
     settings,
 ) -> pd.DataFrame:
     """Admissions with a usable admittime, their label and their patient-level split."""
@@ -54,7 +54,7 @@ def cohort(
     settings: PipelineSettings,
     admissions: pd.DataFrame,
     patients: pd.DataFrame,
-    diagnoses_icd: pd.DataFrame,
+    diagnoses_icd: Path,
     labevents: Path,
     notes: Path,
     dicom_index: pd.DataFrame,

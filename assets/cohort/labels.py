@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
+import pyarrow.parquet as pq
 
 from clinfuse.assets.settings import Target
 
@@ -12,8 +15,17 @@ def normalise_icd(codes: pd.Series) -> pd.Series:
     return codes.astype("string").str.replace(".", "", regex=False).str.strip().str.upper()
 
 
-def target_admissions(diagnoses: pd.DataFrame, target: Target) -> set[int]:
-    """hadm_ids with a code that starts with one of the target's prefixes for its ICD version."""
+LABEL_COLUMNS = ["hadm_id", "icd_code", "icd_version"]
+
+
+def target_admissions(diagnoses: pd.DataFrame | Path, target: Target) -> set[int]:
+    """hadm_ids with a code that starts with one of the target's prefixes for its ICD version.
+
+    diagnoses is the table, or the diagnoses_icd asset's Parquet file: then only the three
+    columns the rule reads are read, a batch at a time."""
+    if not isinstance(diagnoses, pd.DataFrame):
+        batches = pq.ParquetFile(diagnoses).iter_batches(batch_size=500_000, columns=LABEL_COLUMNS)
+        return set().union(*(target_admissions(b.to_pandas(), target) for b in batches))
     codes = normalise_icd(diagnoses["icd_code"])
     version = pd.to_numeric(diagnoses["icd_version"], errors="coerce")
     hit10 = (version == 10) & codes.str.startswith(tuple(p.upper() for p in target.icd10_prefixes))
@@ -23,7 +35,7 @@ def target_admissions(diagnoses: pd.DataFrame, target: Target) -> set[int]:
 
 
 def label_admissions(
-    admissions: pd.DataFrame, diagnoses: pd.DataFrame, target: Target
+    admissions: pd.DataFrame, diagnoses: pd.DataFrame | Path, target: Target
 ) -> pd.Series:
     """0/1 per admission row (aligned to admissions' index)."""
     positives = target_admissions(diagnoses, target)

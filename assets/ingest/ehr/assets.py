@@ -68,10 +68,16 @@ def d_labitems(landing: LandingZone) -> Ingested:
 
 @dg.asset(group_name=GROUP, kinds={"pandas", "parquet"}, owners=OWNERS, deps=["landing_ehr"])
 def diagnoses_icd(
-    landing: LandingZone, admissions: pd.DataFrame, patients: pd.DataFrame
+    landing: LandingZone, workdir: WorkDir, admissions: pd.DataFrame, patients: pd.DataFrame
 ) -> Ingested:
-    """ICD-9/10 diagnoses per admission: the source of the label, never of a feature."""
-    return _ingested(ehr_reader.read_diagnoses(landing.root, admissions, patients))
+    """ICD-9/10 diagnoses per admission: the source of the label, never of a feature.
+
+    Appended to Parquet chunk by chunk (MIMIC-IV's is ~4.8M rows); the cohort reads the codes
+    it needs by path."""
+    staging = workdir.folder("tables") / "diagnoses_icd.staging.parquet"
+    read = ehr_reader.read_diagnoses(landing.root, admissions, patients, out=staging)
+    _describe_files(read)
+    return Ingested(rows=staging, rejects=read.rejects, seen=read.seen)
 
 
 @dg.asset(

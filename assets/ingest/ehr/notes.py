@@ -26,11 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from clinfuse.assets.ingest.ehr import table_schema as ts
 from clinfuse.assets.ingest.ehr.csv_chunks import relative, table_files
+from clinfuse.assets.ingest.ehr.parquet_sink import ParquetSink
 from clinfuse.assets.ingest.ehr.reader import (
     Loaded,
     TableRead,
@@ -63,82 +62,36 @@ def read_notes(
     """
     landing = Path(landing)
     files = table_files(landing, "note")
-    with NoteWriter(out) as writer:
+    with ParquetSink(out, _typed(ts.NOTES.empty_frame())) as sink:
         if not files:
-            return writer.result(
-                TableRead(_typed(ts.NOTES.empty_frame()), rejects_frame(), 0, None)
-            )
+            return sink.result(TableRead(_typed(ts.NOTES.empty_frame()), rejects_frame(), 0, None))
         known = pd.Series(sorted(subject_ids(patients)), dtype="Int64")
         admissions = admissions_for_linking(admissions)
         seen_ids: set[str] = set()
         reads = []
         for path in files:
             check = _checks(admissions, known, seen_ids)
-            stored = writer.storing(relative(landing, path), keep)
-            read = read_table_chunks(landing, path, ts.NOTES, "note", chunksize, check, stored)
-            read.rows = _typed(read.rows.assign(source_table=read.file))
-            reads.append(read)
-        return writer.result(_combined(reads))
+            stored = sink.storing(_stored(relative(landing, path), keep))
+            reads.append(
+                read_table_chunks(landing, path, ts.NOTES, "note", chunksize, check, stored)
+            )
+        return sink.result(_combined(reads))
+
+
+def _stored(label: str, keep: Callable[[pd.DataFrame], pd.DataFrame] | None):
+    """A chunk's kept rows as stored: `keep` (de-identification), then their table's name."""
+
+    def stored(rows: pd.DataFrame) -> pd.DataFrame:
+        rows = keep(rows) if keep is not None else rows
+        return _typed(rows.assign(source_table=label))
+
+    return stored
 
 
 def _typed(rows: pd.DataFrame) -> pd.DataFrame:
     if "source_table" not in rows:
         rows = rows.assign(source_table=pd.Series(dtype="string"))
     return rows[NOTE_COLUMNS].astype({"source_table": "string", "hadm_id_given": "bool"})
-
-
-_SCHEMA = pa.Schema.from_pandas(_typed(ts.NOTES.empty_frame()), preserve_index=False)
-
-
-class NoteWriter:
-    """Appends each chunk's stored notes to a Parquet file (`out`), or keeps them (None).
-
-    The file is written under a temporary name and renamed once complete, so a killed run never
-    leaves a cut-off table where a reader would take it for the notes.
-    """
-
-    def __init__(self, out: Path | None) -> None:
-        self.out = None if out is None else Path(out)
-        self.rows = 0
-        self._writer: pq.ParquetWriter | None = None
-
-    def __enter__(self) -> NoteWriter:
-        if self.out is not None:
-            self._partial = self.out.with_name(self.out.name + ".partial")
-            self._writer = pq.ParquetWriter(self._partial, _SCHEMA)
-        return self
-
-    def storing(
-        self, label: str, keep: Callable[[pd.DataFrame], pd.DataFrame] | None
-    ) -> Callable[[pd.DataFrame], pd.DataFrame]:
-        """The chunk hook of one table file: `keep`, then written out (nothing left in memory)."""
-
-        def store(rows: pd.DataFrame) -> pd.DataFrame:
-            rows = keep(rows) if keep is not None else rows
-            if self._writer is None:
-                return rows
-            table = pa.Table.from_pandas(
-                _typed(rows.assign(source_table=label)), schema=_SCHEMA, preserve_index=False
-            )
-            self._writer.write_table(table)
-            self.rows += len(rows)
-            return rows.iloc[:0]
-
-        return store
-
-    def result(self, read: TableRead) -> TableRead:
-        if self._writer is not None:
-            read.ingested = self.rows
-        return read
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self._writer is None:
-            return
-        self._writer.close()
-        if exc_type is None:
-            self._partial.replace(self.out)
-        else:
-            self._partial.unlink(missing_ok=True)
 
 
 def _checks(admissions: pd.DataFrame, known: pd.Series, seen_ids: set[str]):

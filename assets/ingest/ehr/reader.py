@@ -47,6 +47,7 @@ from clinfuse.assets.ingest.ehr.csv_chunks import (
 )
 from clinfuse.assets.ingest.ehr.csv_chunks import find_table as _find_table
 from clinfuse.assets.ingest.ehr.engine import EngineConfig
+from clinfuse.assets.ingest.ehr.parquet_sink import ParquetSink
 from clinfuse.assets.ingest.linking import link_to_admissions
 from clinfuse.assets.ingest.quarantine import (
     BAD_VALUE,
@@ -390,10 +391,12 @@ def read_diagnoses(
     admissions: pd.DataFrame,
     patients: pd.DataFrame,
     chunksize: int = CHUNKSIZE,
+    out: Path | None = None,
 ) -> TableRead:
     """ICD codes of known admissions of known patients (the source of the label).
 
-    Read chunk by chunk (read_table_chunks): every check is row by row.
+    Read chunk by chunk (read_table_chunks): every check is row by row. With `out`, each
+    chunk's rows are appended to that Parquet file (ParquetSink) and `rows` is empty.
     """
     known = subject_ids(patients)
 
@@ -402,7 +405,12 @@ def read_diagnoses(
         part.reject(unknown_admission(part.good, admissions), UNKNOWN_ADMISSION)
 
     path = find_table(landing, "diagnoses_icd")
-    return read_table_chunks(landing, path, ts.DIAGNOSES_ICD, "ehr", chunksize, check)
+    schema = ts.DIAGNOSES_ICD
+    with ParquetSink(out, schema.empty_frame()[schema.names]) as sink:
+        stored = sink.storing()
+        return sink.result(
+            read_table_chunks(landing, path, schema, "ehr", chunksize, check, stored)
+        )
 
 
 # -- labevents, streamed -----------------------------------------------------------------------
