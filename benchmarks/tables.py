@@ -38,6 +38,7 @@ import pandas as pd
 from memory import tree_rss_mib
 
 from clinfuse.assets.checks import expectations
+from clinfuse.assets.checks.asset_checks import window_lab_times
 from clinfuse.assets.cohort.assets import build_cohort
 from clinfuse.assets.cohort.availability import modality_availability
 from clinfuse.assets.cohort.window import (
@@ -221,7 +222,11 @@ def _features(
         )
     if args.check:
         stages.run(
-            "window check (GX on window_labs, as today)",
+            "window check (GX on window_labs' times, batch by batch, as the check reads them)",
+            lambda: expectations.validate_window(window_lab_times(window), cohort, 24, "charttime"),
+        )
+        stages.run(
+            "before: window check (GX on window_labs as one DataFrame)",
             lambda: expectations.validate_window(pd.read_parquet(window), cohort, 24, "charttime"),
         )
     asset_path = [r for r in stages.rows if not r["stage"].startswith(("baseline", "generate"))]

@@ -121,10 +121,15 @@ def lab_features_come_from_the_window(
     Every row is checked; only its admission and time are read, one batch at a time, and GX
     sees one number a row (hours since admission), not the window's table.
     """
-    batches = pq.ParquetFile(window_labs).iter_batches(columns=["hadm_id", "charttime"])
-    frames = (batch.to_pandas() for batch in batches)
+    frames = window_lab_times(window_labs)
     window_hours = settings.value.window_hours
     return outcome_result(expectations.validate_window(frames, cohort, window_hours, "charttime"))
+
+
+def window_lab_times(window_labs: Path) -> Iterator[pd.DataFrame]:
+    """The admission and time of every window_labs row, a Parquet batch at a time."""
+    batches = pq.ParquetFile(window_labs).iter_batches(columns=["hadm_id", "charttime"])
+    return (batch.to_pandas() for batch in batches)
 
 
 @dg.asset_check(
