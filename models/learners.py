@@ -123,7 +123,10 @@ class NetworkCandidate:
         self.config = single_modality(config, modality)
 
     def fit(self, source: Source, rows: np.ndarray, validation_rows: np.ndarray):
-        result = train_fusion(source.dataset(rows), source.dataset(validation_rows), self.config)
+        own = self._reads  # the films and spectrograms of other modalities are never read
+        result = train_fusion(
+            source.dataset(rows, own), source.dataset(validation_rows, own), self.config
+        )
         self.model_ = result.model
         self.best_val_auroc_ = result.best_val_auroc
         self.train_seconds_ = result.train_seconds
@@ -131,11 +134,15 @@ class NetworkCandidate:
         self.offset_ = math.log(positive_weight(source.labels[rows]))
         return self
 
+    @property
+    def _reads(self) -> tuple[str, ...]:
+        return tuple(self.config.modalities)  # one for a modality's network, all for fusion
+
     def logits(self, source: Source, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
             return np.zeros(0)
         device = resolve_device(self.config.device)
-        loader = DataLoader(source.dataset(rows), batch_size=256)
+        loader = DataLoader(source.dataset(rows, self._reads), batch_size=256)
         model = self.model_.to(device)
         try:
             raw, _ = predict_logits(model, loader, device, None)

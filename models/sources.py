@@ -31,7 +31,9 @@ class Source:
     def present(self, modality: str) -> np.ndarray:
         raise NotImplementedError
 
-    def dataset(self, rows: np.ndarray) -> Dataset:
+    def dataset(self, rows: np.ndarray, read: tuple[str, ...] | None = None) -> Dataset:
+        """Rows as a dataset; `read` names the modalities a model uses (None: all), the others
+        may come as zeros (their mask unchanged)."""
         raise NotImplementedError
 
     def features(self, kind: str) -> np.ndarray | list:
@@ -77,8 +79,8 @@ class CohortSource(Source):
     def present(self, modality: str) -> np.ndarray:
         return self._mask[:, MODALITIES.index(modality)]
 
-    def dataset(self, rows: np.ndarray) -> AdmissionDataset:
-        return AdmissionDataset(self.inputs, np.asarray(rows))
+    def dataset(self, rows: np.ndarray, read: tuple[str, ...] | None = None) -> AdmissionDataset:
+        return AdmissionDataset(self.inputs, np.asarray(rows), read=read)
 
     def _compute(self, kind: str) -> np.ndarray | list:
         if kind in ("ehr", "text"):
@@ -87,7 +89,7 @@ class CohortSource(Source):
             return _texts(self.notes or [None] * len(self), self.present("text"))
         modality = kind.removesuffix("_statistics")
         rows = np.flatnonzero(self.present(modality))
-        loader = DataLoader(self.dataset(rows), batch_size=self.batch_size)
+        loader = DataLoader(self.dataset(rows, (modality,)), batch_size=self.batch_size)
         blocks = [STATISTICS[modality](batch[modality]) for batch in loader]
         return _scatter(blocks, rows, len(self))
 
@@ -143,8 +145,8 @@ class BatchSource(Source):
     def present(self, modality: str) -> np.ndarray:
         return self.batch["mask"][:, MODALITIES.index(modality)].numpy().astype(bool)
 
-    def dataset(self, rows: np.ndarray) -> Dataset:
-        return _BatchDataset(self.batch, rows)
+    def dataset(self, rows: np.ndarray, read: tuple[str, ...] | None = None) -> Dataset:
+        return _BatchDataset(self.batch, rows)  # in memory already: nothing to spare
 
     def _compute(self, kind: str) -> np.ndarray | list:
         if kind in ("ehr", "text"):

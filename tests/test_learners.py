@@ -401,6 +401,50 @@ def test_batch_and_cohort_sources_give_identical_features(tmp_path):
         assert source.present("ehr").all() == mask[:, 0].all()
 
 
+def test_a_one_modality_network_reads_no_other_modalitys_shards(tmp_path):
+    """The ehr network trains the same whether the films and spectrograms are read or not, and
+    trains with their shards gone: a one-modality network never touches another's pages."""
+    import shutil
+
+    from clinfuse.models.shards import ShardError
+    from clinfuse.models.training import single_modality, train_fusion
+
+    rng = np.random.default_rng(8)
+    n = 48
+    labels = (np.arange(n) % 2).astype(np.float32)
+    inputs = ModalityInputs(
+        ehr=(rng.normal(size=(n, 4)) + labels[:, None]).astype(np.float32),
+        text=rng.normal(size=(n, 3)).astype(np.float32),
+        image_refs=_write_shards(tmp_path / "img", "img", rng.random((n, *IMAGE))),
+        image_dir=tmp_path / "img",
+        audio_refs=_write_shards(tmp_path / "aud", "aud", rng.normal(size=(n, *AUDIO))),
+        audio_dir=tmp_path / "aud",
+        image_shape=IMAGE,
+        audio_shape=AUDIO,
+        mask=np.ones((n, 4), dtype=bool),
+        labels=labels,
+    )
+    source = CohortSource(inputs)
+    config = single_modality(
+        TrainConfig(epochs=2, width=8, batch_size=16, device="cpu", amp=False), "ehr"
+    )
+    train, validation = np.arange(32), np.arange(32, n)
+
+    def weights(read: tuple[str, ...] | None) -> list[torch.Tensor]:
+        result = train_fusion(source.dataset(train, read), source.dataset(validation, read), config)
+        return [t.detach().clone() for t in result.model.state_dict().values()]
+
+    everything = weights(None)
+    item = source.dataset(train, ("ehr",))[0]
+    assert not item["image"].any() and not item["audio"].any() and item["mask"].all()
+    shutil.rmtree(tmp_path / "img")
+    shutil.rmtree(tmp_path / "aud")
+    own = weights(("ehr",))
+    assert len(own) == len(everything) and all(map(torch.equal, own, everything))
+    with pytest.raises(ShardError):
+        source.dataset(train)[0]
+
+
 def test_a_fused_model_survives_joblib(tmp_path):
     rng = np.random.default_rng(6)
     n = 240
