@@ -109,6 +109,7 @@ class AdmissionDataset(Dataset):
         # its own: the others come as zeros, their mask unchanged, and no shard page of them is
         # touched (at 50,000 admissions, 2 GiB of films and spectrograms an epoch).
         self.read = tuple(MODALITIES if read is None else read)
+        self._reading = np.array([m in self.read for m in MODALITIES])
         self._shards = _LazyShards()
 
     def augmented(
@@ -142,7 +143,7 @@ class AdmissionDataset(Dataset):
     def _item(
         self, modality: str, present: bool, directory: Path | None, ref: ShardRef, shape: tuple
     ) -> torch.Tensor:
-        if not present or modality not in self.read:
+        if not present:
             return torch.zeros(shape, dtype=torch.float32)
         array = self._shards.get(Path(directory), ref)
         if array.shape != shape:
@@ -155,22 +156,20 @@ class AdmissionDataset(Dataset):
         vector = np.array(values[row], dtype=np.float32)  # copy: never hand out a view
         return torch.from_numpy(vector if present else np.zeros_like(vector))
 
-    def _read_vector(self, modality: str, values: np.ndarray, row: int, present: bool):
-        return self._vector(values, row, present and modality in self.read)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = int(self.indices[index])
         inputs = self.inputs
         mask = self._row_mask(row)
+        read = mask & self._reading  # what is loaded; the mask handed on stays the data's
         labels = inputs.labels
         return {
-            "ehr": self._read_vector("ehr", inputs.ehr, row, mask[EHR]),
-            "text": self._read_vector("text", inputs.text, row, mask[TEXT]),
+            "ehr": self._vector(inputs.ehr, row, read[EHR]),
+            "text": self._vector(inputs.text, row, read[TEXT]),
             "image": self._item(
-                "image", mask[IMAGE], inputs.image_dir, inputs.image_refs[row], inputs.image_shape
+                "image", read[IMAGE], inputs.image_dir, inputs.image_refs[row], inputs.image_shape
             ),
             "audio": self._item(
-                "audio", mask[AUDIO], inputs.audio_dir, inputs.audio_refs[row], inputs.audio_shape
+                "audio", read[AUDIO], inputs.audio_dir, inputs.audio_refs[row], inputs.audio_shape
             ),
             "mask": torch.from_numpy(mask),
             "label": torch.tensor(float("nan") if labels is None else float(labels[row])),

@@ -236,7 +236,7 @@ def test_the_gate_scores_the_champion_block_by_block(pipeline_run, monkeypatch):
     notes file, are the requests built at once from labevents, and score the same."""
     from clinfuse.assets.evaluation.registry_assets import champion_metrics_now
     from clinfuse.assets.evaluation.serve_inputs import SERVE_ROOT_ENV
-    from clinfuse.assets.evaluation.serving import serving_frame
+    from clinfuse.assets.evaluation.serving import serving_frame, serving_frames
     from clinfuse.assets.settings import Settings
 
     monkeypatch.setenv(SERVE_ROOT_ENV, str(pipeline_run["landing"]))
@@ -246,15 +246,16 @@ def test_the_gate_scores_the_champion_block_by_block(pipeline_run, monkeypatch):
     indexes = [pd.read_parquet(tables / f"{n}.parquet") for n in ("dicom_index", "recording_index")]
     hours, landing = Settings().window_hours, pipeline_run["landing"]
 
-    def requests(rows: pd.DataFrame, labs: str) -> pd.DataFrame:
-        return serving_frame(
-            rows, tables / labs, tables / "notes.parquet", *indexes, landing, hours
+    notes = tables / "notes.parquet"
+    whole = serving_frame(chosen, tables / "labevents.parquet", notes, *indexes, landing, hours)
+    scratch = pipeline_run["workdir"] / "tmp"
+    scratch.mkdir(exist_ok=True)
+    blocks = list(
+        serving_frames(
+            chosen, tables / "window_labs.parquet", notes, *indexes, landing, hours, scratch, 7
         )
-
-    whole = requests(chosen, "labevents.parquet")
-    blocks = [
-        requests(chosen.iloc[i : i + 7], "window_labs.parquet") for i in range(0, len(chosen), 7)
-    ]
+    )
+    assert not list(scratch.glob("serving-*"))  # the gate's scratch file is gone once read
     assert len(blocks) > 2 and whole["labs"].notna().any() and whole["notes"].notna().any()
     pd.testing.assert_frame_equal(pd.concat(blocks, ignore_index=True), whole)
     block = pipeline_run["report"]["mlflow"]

@@ -41,14 +41,20 @@ def diagnoses_are_well_formed(diagnoses_icd: Path) -> dg.AssetCheckResult:
     return outcome_result(outcome)
 
 
-def _batches(table: Path, rows: int = 500_000) -> Iterator[pd.DataFrame]:
-    """A Parquet table as DataFrames of up to `rows` rows; an empty table as one empty frame."""
+def _batches(
+    table: Path, columns: list[str] | None = None, rows: int = 500_000
+) -> Iterator[pd.DataFrame]:
+    """A Parquet table (those columns) as DataFrames of up to `rows` rows; an empty table as one
+    empty frame."""
     parquet = pq.ParquetFile(table)
+    schema = parquet.schema_arrow
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns], schema.metadata)
     if parquet.metadata.num_rows == 0:
-        yield parquet.schema_arrow.empty_table().to_pandas()
+        yield schema.empty_table().to_pandas()
         return
-    for batch in parquet.iter_batches(batch_size=rows):
-        yield pa.Table.from_batches([batch], schema=parquet.schema_arrow).to_pandas()
+    for batch in parquet.iter_batches(batch_size=rows, columns=columns):
+        yield pa.Table.from_batches([batch], schema=schema).to_pandas()
 
 
 @dg.asset_check(asset="notes", blocking=True)
@@ -128,8 +134,7 @@ def lab_features_come_from_the_window(
 
 def window_lab_times(window_labs: Path) -> Iterator[pd.DataFrame]:
     """The admission and time of every window_labs row, a Parquet batch at a time."""
-    batches = pq.ParquetFile(window_labs).iter_batches(columns=["hadm_id", "charttime"])
-    return (batch.to_pandas() for batch in batches)
+    return _batches(window_labs, ["hadm_id", "charttime"])
 
 
 @dg.asset_check(

@@ -14,8 +14,9 @@ from clinfuse.assets.evaluation import metrics as m
 from clinfuse.assets.evaluation import registry
 from clinfuse.assets.evaluation.model_card import VERSION_PLACEHOLDER
 from clinfuse.assets.evaluation.serve_inputs import reading_from
-from clinfuse.assets.evaluation.serving import serving_frame, serving_signature
+from clinfuse.assets.evaluation.serving import serving_frames, serving_signature
 from clinfuse.assets.ingest.deliveries import scan_landing
+from clinfuse.assets.ingest.ehr.engine import EngineConfig
 from clinfuse.assets.mlflow_resource import MLflowResource
 from clinfuse.assets.resources import LandingZone, PipelineSettings, WorkDir
 from clinfuse.assets.settings import to_dict
@@ -182,6 +183,7 @@ def champion(
     config: PromotionConfig,
     settings: PipelineSettings,
     landing: LandingZone,
+    workdir: WorkDir,
     mlflow: MLflowResource,
     registered_model: dict,
     evaluation: dict,
@@ -199,17 +201,17 @@ def champion(
     champion_numbers = None
     if current is not None and str(current.version) != version:
         chosen = cohort[cohort["split"].isin(("validation", "test"))].reset_index(drop=True)
-        frames = (
-            serving_frame(
-                chosen.iloc[start : start + GATE_BLOCK],
-                window_labs,  # the window's rows, cut once; streamed, never the whole table
-                notes,
-                dicom_index,
-                recording_index,
-                landing.root,
-                settings.value.window_hours,
-            )
-            for start in range(0, len(chosen), GATE_BLOCK)
+        frames = serving_frames(
+            chosen,
+            window_labs,  # the window's rows, cut once; read by admission, never held whole
+            notes,
+            dicom_index,
+            recording_index,
+            landing.root,
+            settings.value.window_hours,
+            workdir.folder("tmp"),
+            GATE_BLOCK,
+            EngineConfig.for_workdir(workdir.root, workdir.worker_count),
         )
         # serving_frame's paths are in the landing zone: the model may read them, as it would
         # behind a server whose CLINFUSE_SERVE_ROOT is this landing zone.

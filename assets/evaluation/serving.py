@@ -15,16 +15,25 @@ could not be read; serve_inputs.py reads each row's inputs and says what they ar
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from clinfuse.assets.cohort.availability import latest_in_window
-from clinfuse.assets.cohort.window import allowed_notes, in_window, read_window_labs
+from clinfuse.assets.cohort.window import (
+    allowed_note_rows,
+    allowed_notes,
+    in_window,
+    read_window_labs,
+    write_window_labs,
+)
 from clinfuse.assets.evaluation.serve_inputs import (
     RowInputs,
     read_row,
@@ -33,6 +42,7 @@ from clinfuse.assets.evaluation.serve_inputs import (
 )
 from clinfuse.assets.features.labs import LabFeaturizer
 from clinfuse.assets.features.text import NoteEmbedder
+from clinfuse.assets.ingest.ehr.engine import EngineConfig
 from clinfuse.assets.settings import Settings
 from clinfuse.models.modalities import MODALITIES
 
@@ -229,6 +239,38 @@ def serving_frame(
     )
 
 
+def serving_frames(
+    cohort: pd.DataFrame,
+    window_labs: Path,
+    notes: pd.DataFrame | Path,
+    dicom_index: pd.DataFrame,
+    recording_index: pd.DataFrame,
+    landing: Path,
+    window_hours: float,
+    scratch: Path,
+    block: int,
+    engine: EngineConfig | None = None,
+) -> Iterator[pd.DataFrame]:
+    """serving_frame of `cohort`'s rows, `block` admissions at a time, each input read once.
+
+    The notes the admissions may use are cut in one pass (what training holds for every
+    admission anyway); their window labs are written once, by DuckDB, into a Parquet file under
+    `scratch` ordered by admission, from which each block reads only its own row groups. So a
+    block's requests are all that is built at once, and no input is scanned once a block.
+    """
+    allowed = allowed_note_rows(notes, cohort, window_hours)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="serving-") as folder:
+        labs = Path(folder) / "window_labs.parquet"
+        write_window_labs(window_labs, cohort, window_hours, labs, engine, by_admission=True)
+        for start in range(0, len(cohort), block):
+            rows = cohort.iloc[start : start + block]
+            wanted = [int(h) for h in rows["hadm_id"]]
+            own = pq.read_table(labs, filters=[("hadm_id", "in", wanted)]).to_pandas()
+            yield serving_frame(
+                rows, own, allowed, dicom_index, recording_index, landing, window_hours
+            )
+
+
 def _text_or_none(value: object) -> str | None:
     return None if value is None or pd.isna(value) else str(value)
 
@@ -247,6 +289,7 @@ __all__ = [
     "ServingRequest",
     "serving_batch",
     "serving_frame",
+    "serving_frames",
     "serving_request",
     "serving_signature",
 ]
